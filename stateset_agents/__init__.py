@@ -1,0 +1,70 @@
+"""stateset_agents: train conversational agents with reinforcement learning.
+
+Importing the package registers the built-in Gymnasium environments (``stateset/CustomerService-v0``,
+``stateset/TechSupport-v0``, ``stateset/Sales-v0``) and those of installed plugins. It prints nothing
+and configures no logging.
+"""
+
+from .envs import (
+    END_MARKER,
+    ConversationEnv,
+    EnvPack,
+    LLMUser,
+    ReplayCache,
+    Scenario,
+    ScriptedUser,
+    UserSimulator,
+    load_pack,
+    register_pack,
+)
+from .envs.registry import load_plugins as _load_plugins
+from .envs.registry import register_builtin_envs as _register_builtin_envs
+from .errors import (
+    ConfigError,
+    EpisodeError,
+    ModelError,
+    ModelNotInstalledError,
+    PackError,
+    PluginError,
+    StatesetError,
+    SyncInAsyncError,
+    UnknownScenarioError,
+)
+from .models import ChatModel, SamplingParams
+from .types import Completion, Message, RewardResult, ToolCall, Trajectory, TrajectoryGroup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "END_MARKER",
+    "ChatModel",
+    "Completion",
+    "ConfigError",
+    "ConversationEnv",
+    "EnvPack",
+    "EpisodeError",
+    "LLMUser",
+    "Message",
+    "ModelError",
+    "ModelNotInstalledError",
+    "PackError",
+    "PluginError",
+    "ReplayCache",
+    "RewardResult",
+    "SamplingParams",
+    "Scenario",
+    "ScriptedUser",
+    "StatesetError",
+    "SyncInAsyncError",
+    "ToolCall",
+    "Trajectory",
+    "TrajectoryGroup",
+    "UnknownScenarioError",
+    "UserSimulator",
+    "__version__",
+    "load_pack",
+    "register_pack",
+]
+
+_register_builtin_envs()
+_load_plugins()

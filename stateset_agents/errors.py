@@ -1,0 +1,74 @@
+"""The exception tree of stateset_agents.
+
+Every message names the bad value and says how to fix it.
+
+    StatesetError                      base of everything raised on purpose here
+    ├── ConfigError (ValueError)       a bad argument, config field or option
+    ├── PackError (ValueError)         a malformed environment or reward pack (names file, scenario, field)
+    ├── UnknownScenarioError (KeyError-like ValueError)
+    │                                  a scenario id that is not in the pack (lists close matches)
+    ├── EpisodeError (RuntimeError)    the env was used out of order (step before reset, after the end)
+    ├── SyncInAsyncError (RuntimeError)
+    │                                  a sync env method called inside a running event loop
+    ├── PluginError (RuntimeError)     a third-party environment plugin failed to load
+    ├── ModelError (RuntimeError)      a language model backend failed (endpoint down, bad response)
+    └── ModelNotInstalledError (ImportError)
+                                       the default model or an optional extra is not installed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EpisodeError",
+    "ModelError",
+    "ModelNotInstalledError",
+    "PackError",
+    "PluginError",
+    "StatesetError",
+    "SyncInAsyncError",
+    "UnknownScenarioError",
+]
+
+
+class StatesetError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(StatesetError, ValueError):
+    """A bad argument, option or config field. The message names the value and the fix."""
+
+
+class PackError(StatesetError, ValueError):
+    """A malformed data pack. The message names the file, the scenario id (if any) and the field."""
+
+    def __init__(self, message: str, *, file: str | None = None, scenario: str | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.file = file
+        self.scenario = scenario
+        self.field = field
+
+
+class UnknownScenarioError(StatesetError, ValueError):
+    """A scenario id that the pack does not contain."""
+
+
+class EpisodeError(StatesetError, RuntimeError):
+    """The environment was used out of order: step before reset, or step after the episode ended."""
+
+
+class SyncInAsyncError(StatesetError, RuntimeError):
+    """A synchronous env method was called while an event loop is running in this thread."""
+
+
+class PluginError(StatesetError, RuntimeError):
+    """A third-party environment plugin (entry-point group `stateset_agents.environments`) failed."""
+
+
+class ModelError(StatesetError, RuntimeError):
+    """A language-model backend failed: endpoint unreachable, bad response, generation error."""
+
+
+class ModelNotInstalledError(StatesetError, ImportError):
+    """A model package or optional extra is missing. The message gives the exact install command."""

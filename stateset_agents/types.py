@@ -1,0 +1,153 @@
+"""The data shapes every part of stateset_agents shares.
+
+Messages use the OpenAI chat format. A conversation is ``list[Message]``. All models are pydantic v2
+with ``extra="forbid"``, so a misspelt field is an error, not silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "Completion",
+    "Message",
+    "RewardResult",
+    "Role",
+    "ToolCall",
+    "Trajectory",
+    "TrajectoryGroup",
+]
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToolCall(_Strict):
+    """One call of a tool by the agent."""
+
+    id: str
+    """Unique within the episode; the tool's answer carries it as ``tool_call_id``."""
+    name: str
+    """The tool's name as the environment pack defines it."""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """Parsed JSON arguments."""
+
+
+class Message(_Strict):
+    """One chat message in OpenAI format."""
+
+    role: Role
+    content: str = ""
+    tool_calls: list[ToolCall] | None = None
+    """Tool calls made in an assistant message."""
+    tool_call_id: str | None = None
+    """For ``role="tool"``: the id of the call this message answers."""
+    name: str | None = None
+    """For ``role="tool"``: the tool's name."""
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"only assistant messages carry tool_calls, got role={self.role!r}; "
+                             "move the calls to an assistant message")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs tool_call_id (the id of the call it answers)")
+        return self
+
+    def to_openai(self) -> dict[str, Any]:
+        """The dict an OpenAI-compatible endpoint or a chat template expects."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name:
+            out["name"] = self.name
+        return out
+
+
+class Completion(_Strict):
+    """What a ChatModel returns for one ``chat()`` call.
+
+    For local models the token data is filled in: ``prompt_ids`` (the chat-templated prompt),
+    ``completion_ids`` (the sampled tokens) and ``logprobs`` (per sampled token, the log-probability
+    under the distribution it was sampled from, after temperature and top-p). The trainer uses them as
+    the old policy's log-probs.
+    """
+
+    text: str
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: Literal["stop", "length", "tool_calls", "error"] = "stop"
+    prompt_ids: list[int] | None = None
+    completion_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+    model: str | None = None
+    usage: dict[str, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> Completion:
+        if self.logprobs is not None and self.completion_ids is not None \
+                and len(self.logprobs) != len(self.completion_ids):
+            raise ValueError(f"logprobs has {len(self.logprobs)} entries but completion_ids has "
+                             f"{len(self.completion_ids)}; there must be one log-prob per sampled token")
+        return self
+
+
+class RewardResult(_Strict):
+    """The score of one trajectory. ``value=None`` means "not applicable" (never a fake 0)."""
+
+    value: float | None
+    components: dict[str, float | None] = Field(default_factory=dict)
+    explanation: str = ""
+    error: str | None = None
+
+
+class Trajectory(_Strict):
+    """One episode: the conversation, the agent's completions with token data, the outcome."""
+
+    scenario_id: str
+    env_id: str | None = None
+    seed: int | None = None
+    messages: list[Message] = Field(default_factory=list)
+    completions: list[Completion] = Field(default_factory=list)
+    """One per agent turn, in order, with token data when the model is local."""
+    outcome: dict[str, Any] | None = None
+    """The env's ``info["outcome"]`` at the end of the episode."""
+    env_reward: float | None = None
+    terminated: bool = False
+    truncated: bool = False
+    reward: float | None = None
+    """Filled in by a RewardFunction."""
+    components: dict[str, float | None] = Field(default_factory=dict)
+    error: str | None = None
+    """Why the episode failed, if it did. A failed episode is kept as data and never scored as if it worked."""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class TrajectoryGroup(_Strict):
+    """K trajectories of one scenario: the unit GRPO compares within."""
+
+    scenario_id: str
+    trajectories: list[Trajectory]
+
+    @model_validator(mode="after")
+    def _same_scenario(self) -> TrajectoryGroup:
+        for t in self.trajectories:
+            if t.scenario_id != self.scenario_id:
+                raise ValueError(f"trajectory of scenario {t.scenario_id!r} in the group of "
+                                 f"{self.scenario_id!r}; a group holds one scenario only")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
