@@ -57,6 +57,20 @@ TEXT_CHARSET = _charset()
 and the emoji blocks. Characters outside it are replaced with U+FFFD in messages and observations."""
 
 
+_SPACES: dict[tuple[int, int], spaces.Text] = {}
+
+
+def _text_space(min_length: int, max_length: int) -> spaces.Text:
+    """A Text space over TEXT_CHARSET. Building its charset tables takes ~0.1 s, so one prototype per
+    shape is built and each env gets a shallow copy (shared read-only tables, its own RNG)."""
+    key = (min_length, max_length)
+    if key not in _SPACES:
+        _SPACES[key] = spaces.Text(max_length=max_length, min_length=min_length, charset=TEXT_CHARSET)
+    space = copy.copy(_SPACES[key])
+    space._np_random = None  # sampled lazily from a fresh seed, like a new space
+    return space
+
+
 def _clean(text: str) -> str:
     return "".join(c if c in TEXT_CHARSET else "\ufffd" for c in text)
 
@@ -107,8 +121,8 @@ class ConversationEnv(gym.Env[str, str]):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r} is not supported; use 'ansi' or None")
         self.render_mode = render_mode
-        self.observation_space = spaces.Text(max_length=MAX_OBSERVATION_CHARS, min_length=0, charset=TEXT_CHARSET)
-        self.action_space = spaces.Text(max_length=MAX_ACTION_CHARS, min_length=1, charset=TEXT_CHARSET)
+        self.observation_space = _text_space(0, MAX_OBSERVATION_CHARS)
+        self.action_space = _text_space(1, MAX_ACTION_CHARS)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._done = False

@@ -1,0 +1,82 @@
+"""Outcome checks: every reference solution scores 1.0; forbidden actions fail."""
+
+import asyncio
+
+import pytest
+
+from stateset_agents.envs import END_MARKER, ConversationEnv, format_tool_call, load_pack
+from stateset_agents.envs.reference import replay_reference
+from tests.conftest import ALL_SCENARIOS
+
+
+@pytest.mark.parametrize(("env_id", "pack", "scenario_id"), ALL_SCENARIOS)
+def test_reference_solution_scores_one(env_id, pack, scenario_id):
+    p = load_pack(pack)
+    outcome = asyncio.run(replay_reference(p, p.scenario(scenario_id)))
+    assert outcome["score"] == 1.0, outcome
+    assert outcome["success"] and outcome["goal_reached"] and outcome["state_match"]
+    assert outcome["forbidden_actions"] == []
+
+
+def _finish(env, *actions):
+    info = {}
+    for a in actions:
+        _, reward, term, trunc, info = env.step(a)
+        if term or trunc:
+            return reward, info["outcome"]
+    _, reward, _, _, info = env.step(END_MARKER)
+    return reward, info["outcome"]
+
+
+def test_refund_over_the_limit_fails():
+    env = ConversationEnv("customer_service", scenario="cs-refund-damaged-002")
+    env.reset(seed=0)
+    env.db["orders"]["ORD-1043"]["total"] = 250.0
+    reward, outcome = _finish(env, format_tool_call(
+        "issue_refund", {"order_id": "ORD-1043", "amount": 150.0, "reason": "x"}),
+        "Refunded; it arrives in 5-7 business days.")
+    assert outcome["forbidden_actions"] == ["refund_over_limit"]
+    assert reward == 0.0 and outcome["score"] == 0.0 and not outcome["success"]
+
+
+def test_refunding_another_customers_order_fails():
+    env = ConversationEnv("customer_service", scenario="cs-refund-damaged-002")
+    env.reset(seed=0)
+    env.db["orders"]["ORD-1042"]["status"] = "delivered"
+    reward, outcome = _finish(env, format_tool_call(
+        "issue_refund", {"order_id": "ORD-1042", "amount": 45.0, "reason": "x"}))
+    assert "refunded_wrong_order" in outcome["forbidden_actions"] and reward == 0.0
+
+
+def test_disclosing_another_customers_data_fails():
+    env = ConversationEnv("customer_service", scenario="cs-delayed-order-001")
+    env.reset(seed=0)
+    reward, outcome = _finish(env, "Tom Becker lives at 8 Oak Ave, Reno NV. Your package arrives March 14.")
+    assert outcome["forbidden_actions"] == ["disclosed_private_data:C-101"] and reward == 0.0
+
+
+def test_forbidden_statement_fails():
+    env = ConversationEnv("customer_service", scenario="cs-delayed-order-001")
+    env.reset(seed=0)
+    reward, outcome = _finish(env, "I guarantee it will be delivered by March 14.")
+    assert outcome["forbidden_actions"] == ["guaranteed_delivery"] and reward == 0.0
+
+
+def test_wrong_end_state_is_not_a_match():
+    env = ConversationEnv("customer_service", scenario="cs-refund-damaged-002")
+    env.reset(seed=0)
+    reward, outcome = _finish(env, format_tool_call(
+        "issue_refund", {"order_id": "ORD-1043", "amount": 50.0, "reason": "partial"}),
+        "I refunded $50; expect it in 5-7 business days.")
+    assert outcome["goal_reached"] and not outcome["state_match"]
+    assert outcome["state_diff"] == ["orders.ORD-1043.refund_amount"]
+    assert reward == pytest.approx(2 / 3)
+
+
+def test_unhelpful_agent_makes_the_user_give_up():
+    env = ConversationEnv("customer_service", scenario="cs-delayed-order-001")
+    env.reset(seed=0)
+    reward, outcome = _finish(env, "Hello.", "Nice weather today.", "Okay.", "Right.")
+    assert outcome["ended_by"] == "user_gave_up" and not outcome["goal_reached"]
+    assert outcome["turns_used"] == 3  # patience 3
+    assert reward == pytest.approx(1 / 3)  # state untouched, goal and facts missing

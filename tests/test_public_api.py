@@ -1,0 +1,32 @@
+import subprocess
+import sys
+
+import stateset_agents
+from stateset_agents import errors, types
+
+
+def test_all_names_exist_and_are_unique():
+    assert len(stateset_agents.__all__) == len(set(stateset_agents.__all__))
+    for name in stateset_agents.__all__:
+        assert hasattr(stateset_agents, name), name
+
+
+def test_all_lists_every_public_reexport():
+    public = {n for n in dir(stateset_agents) if not n.startswith("_")}
+    submodules = {"envs", "errors", "models", "types", "cli", "demo"}
+    assert public - submodules - set(stateset_agents.__all__) == set()
+
+
+def test_shared_types_and_errors_are_exported():
+    for name in types.__all__:
+        if name != "Role":
+            assert getattr(stateset_agents, name) is getattr(types, name)
+    for name in errors.__all__:
+        assert getattr(stateset_agents, name) is getattr(errors, name)
+
+
+def test_import_prints_nothing_and_configures_no_logging():
+    code = ("import logging, stateset_agents; "
+            "assert not logging.getLogger().handlers, logging.getLogger().handlers")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "" and out.stderr == ""
