@@ -1,0 +1,109 @@
+"""HFChatModel: a local transformers causal LM behind the ChatModel protocol, with a batching engine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, ModelError
+from ..types import Completion, Message, ToolCall
+from .base import SamplingParams
+from .engine import GenerationEngine
+
+__all__ = ["HFChatModel"]
+
+
+class HFChatModel:
+    """Any transformers causal LM in a local folder, chatting through its chat template.
+
+    Concurrent ``chat()`` calls are decoded together by a :class:`GenerationEngine` (see its docs). Each
+    :class:`Completion` carries ``prompt_ids`` (the templated prompt), ``completion_ids`` (sampled tokens,
+    EOS included when it ended the reply) and ``logprobs`` (one per completion token, under the sampling
+    distribution; see :mod:`stateset_agents.models.engine`). Tool calls in the reply are parsed into
+    ``tool_calls`` with the environments' parser. ``tools`` are passed to the chat template; a template that
+    does not use them ignores them (put tool descriptions in the system prompt then, as MultiTurnAgent does).
+
+    Args:
+        path: folder with config, weights and tokenizer (``save_pretrained`` layout).
+        dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``.
+        device: ``"cpu"`` (default), ``"cuda"``, ...
+        max_batch_size: most requests decoded together.
+        model / tokenizer: already-loaded objects instead of ``path`` (e.g. the policy being trained).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, dtype: str = "float32", device: str = "cpu",
+                 max_batch_size: int = 32, model: Any = None, tokenizer: Any = None, name: str | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if model is None or tokenizer is None:
+            if path is None:
+                raise ConfigError("HFChatModel needs `path` (a local model folder) or both `model` and `tokenizer`")
+            p = Path(path)
+            if not (p / "config.json").is_file():
+                raise ConfigError(f"{str(p)!r} is not a model folder (no config.json); pass a folder written by "
+                                  "save_pretrained, or use stateset_agents.models.default_model()")
+            dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+            if dtype not in dtypes:
+                raise ConfigError(f"dtype {dtype!r} is not one of {sorted(dtypes)}")
+            tokenizer = AutoTokenizer.from_pretrained(p)
+            model = AutoModelForCausalLM.from_pretrained(p, dtype=dtypes[dtype]).to(device)
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ConfigError(f"the tokenizer of {path or name!r} has no chat template; set tokenizer.chat_template")
+        model.eval()
+        self.model, self.tokenizer = model, tokenizer
+        self.name = name or (Path(path).name if path is not None else type(model).__name__)
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self.engine = GenerationEngine(model, tokenizer, max_batch_size=max_batch_size, eos_token_ids=sorted(eos_ids))
+
+    def prompt_ids(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The chat-templated prompt, ending with the assistant generation prompt."""
+        dicts = [_template_message(m) for m in messages]
+        kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": True}
+        if tools:
+            kwargs["tools"] = tools
+        out = self.tokenizer.apply_chat_template(dicts, **kwargs)
+        ids = out["input_ids"] if hasattr(out, "keys") else out
+        return list(ids)
+
+    async def chat(self, messages: list[Message], *, sampling: SamplingParams,
+                   tools: list[dict[str, Any]] | None = None) -> Completion:
+        from ..envs.toolcalls import parse_message
+
+        if not messages:
+            raise ConfigError("chat() needs at least one message")
+        prompt = self.prompt_ids(messages, tools)
+        try:
+            result = await self.engine.generate(prompt, sampling)
+        except Exception as e:
+            raise ModelError(f"generation with {self.name!r} failed: {type(e).__name__}: {e}") from e
+        parsed = parse_message(result.text)
+        calls = [ToolCall(id=f"call_{i + 1}", name=c.name, arguments=c.arguments)
+                 for i, c in enumerate(parsed.calls) if c.error is None and c.name and isinstance(c.arguments, dict)]
+        return Completion(text=result.text, tool_calls=calls,
+                          finish_reason="tool_calls" if calls and result.finish_reason == "stop" else result.finish_reason,
+                          prompt_ids=prompt, completion_ids=result.completion_ids, logprobs=result.logprobs,
+                          model=self.name, usage={"prompt_tokens": len(prompt),
+                                                  "completion_tokens": len(result.completion_ids)})
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _template_message(m: Message) -> dict[str, Any]:
+    d = m.to_openai()
+    if m.tool_calls:
+        # Templates differ in how they render calls; the text form keeps the documented format visible.
+        from ..envs.toolcalls import format_tool_call
+
+        calls = "".join(format_tool_call(c.name, c.arguments) for c in m.tool_calls)
+        d["content"] = (m.content + "\n" if m.content else "") + calls
+        d.pop("tool_calls")
+    if m.role == "tool":
+        # ChatML templates without tool support: show tool results as a user turn, labelled.
+        d = {"role": "user", "content": f"[tool result: {m.name}] {m.content}"}
+    return d
