@@ -11,3 +11,19 @@ ALL_SCENARIOS = [
     if name in builtin_pack_dirs()
     for s in load_pack(name).scenarios
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    from stateset_agents.models.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_path):
+    from stateset_agents.models.hf import HFChatModel
+
+    model = HFChatModel(tiny_model_path, max_batch_size=32)
+    yield model
+    model.close()

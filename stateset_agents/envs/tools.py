@@ -128,7 +128,9 @@ def _compare(left: Any, op: str, right: Any) -> bool:
     if op == "contains":
         if isinstance(left, str):
             return _norm(right) in _norm(left)
-        return right in left if isinstance(left, (list, dict)) else False
+        if isinstance(left, (list, dict)):
+            return _norm(right) in [_norm(x) for x in left]
+        return False
     left, right = _norm(left), _norm(right)
     try:
         return {"==": left == right, "!=": left != right}.get(op) if op in ("==", "!=") else {

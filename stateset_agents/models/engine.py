@@ -64,6 +64,7 @@ class _Request:
     out_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     pos: int = 0
+    """Position id of the next token fed to the model."""
     finish: str | None = None
     text: str = ""
 
@@ -94,6 +95,7 @@ class GenerationEngine:
         self._running = False
         # batch state (engine thread only)
         self._active: list[_Request] = []
+        self._admitting: list[_Request] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
 
@@ -132,8 +134,8 @@ class GenerationEngine:
                 self.stats.busy_seconds += time.perf_counter() - t0
         except BaseException as e:  # fail every pending request with the real error
             with self._lock:
-                pending = self._active + self._waiting
-                self._active, self._waiting, self._running = [], [], False
+                pending = self._active + self._admitting + self._waiting
+                self._active, self._admitting, self._waiting, self._running = [], [], [], False
                 self._cache = self._mask = None
             for r in pending:
                 r.loop.call_soon_threadsafe(_set_exception, r.future, e)
@@ -142,6 +144,7 @@ class GenerationEngine:
         with self._lock:
             room = self.max_batch_size - len(self._active)
             new, self._waiting = self._waiting[:room], self._waiting[room:]
+            self._admitting = new
         if not new:
             return
         self.stats.prefills += 1
@@ -161,6 +164,7 @@ class GenerationEngine:
                          position_ids=pos_ids.to(self.device), past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1, :].float()
         self._merge(new, out.past_key_values, mask)
+        self._admitting = []
         self._sample_and_finish(new, logits)
 
     def _merge(self, new: list[_Request], cache: Any, mask: torch.Tensor) -> None:
@@ -182,7 +186,10 @@ class GenerationEngine:
         self.stats.decode_steps += 1
         self.stats.max_batch = max(self.stats.max_batch, b)
         last = torch.tensor([[r.out_ids[-1]] for r in self._active], dtype=torch.long)
+        # r.pos is the position of the token being fed: the prompt length plus the tokens fed before it.
         pos = torch.tensor([[r.pos] for r in self._active], dtype=torch.long)
+        for r in self._active:
+            r.pos += 1
         self._mask = torch.cat([self._mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
         t = self._mask.shape[1]
         out = self.model(input_ids=last.to(self.device), attention_mask=self._mask.to(self.device),
@@ -196,7 +203,6 @@ class GenerationEngine:
             token, lp = _sample(logits[i], r.sampling, r.generator)
             r.out_ids.append(token)
             r.logprobs.append(lp)
-            r.pos += 1
             self.stats.new_tokens += 1
             self._check_finished(r)
         done = [r for r in self._active if r.finish is not None]

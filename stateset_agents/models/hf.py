@@ -77,6 +77,11 @@ class HFChatModel:
         if not messages:
             raise ConfigError("chat() needs at least one message")
         prompt = self.prompt_ids(messages, tools)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and len(prompt) + sampling.max_new_tokens > limit:
+            raise ModelError(f"prompt of {len(prompt)} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the "
+                             f"model's {limit} positions; shorten the conversation (MultiTurnAgent context_tokens) "
+                             "or lower max_new_tokens")
         try:
             result = await self.engine.generate(prompt, sampling)
         except Exception as e:

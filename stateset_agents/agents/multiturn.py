@@ -1,0 +1,133 @@
+"""MultiTurnAgent: a ChatModel with a domain strategy, tools in the prompt, and a context budget.
+
+Prompt layout, per turn: one system message = the domain strategy (``strategies.yaml``), then the
+environment's instructions (the conversation's own system message), then the tools with the call format;
+then the conversation (user, assistant and tool messages).
+
+Context budget: when the prompt would exceed ``context_tokens`` (counted with the model's tokenizer when it
+has one, else estimated at 4 characters per token), the oldest turns are dropped, always keeping the system
+message and the first user message; a single note ``[N earlier messages omitted]`` takes their place. Tool
+messages are dropped together with the assistant message that called them. If even the newest message and the
+kept ones do not fit, the prompt is sent anyway with only them.
+
+Which tokens are the agent's own: each turn's :class:`Completion` carries the exact ``prompt_ids`` the model
+saw and the ``completion_ids`` it sampled. The trainer scores the completion tokens given the prompt tokens,
+so condensing older turns never mislabels a token: everything in ``prompt_ids`` is context, and only
+``completion_ids`` are the agent's.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from ..models.base import ChatModel, SamplingParams
+from ..types import Completion, Message
+
+__all__ = ["MultiTurnAgent", "strategies"]
+
+
+@cache
+def strategies() -> dict[str, str]:
+    """Domain -> strategy prompt, from ``strategies.yaml``."""
+    with open(Path(__file__).with_name("strategies.yaml"), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _tools_text(tools: list[dict[str, Any]]) -> str:
+    lines = ["Tools you can call:"]
+    for t in tools:
+        fn = t.get("function", t)
+        params = fn.get("parameters", {}).get("properties", {})
+        args = ", ".join(f"{k}: {v.get('type', 'any')}" for k, v in params.items())
+        lines.append(f"- {fn['name']}({args}): {fn.get('description', '')}")
+    lines.append('Call a tool by writing <tool_call>{"name": "TOOL", "arguments": {...}}</tool_call> '
+                 "and nothing else in that message.")
+    return "\n".join(lines)
+
+
+class MultiTurnAgent:
+    """Plays the agent side of a ConversationEnv with any ChatModel.
+
+    Args:
+        model: the ChatModel (local or remote).
+        domain: which strategy prompt to use (``customer_service``, ``tech_support``, ``sales``, ``educational``),
+            or None for none.
+        system_prompt: extra text appended to the strategy (replaces nothing).
+        sampling: default sampling for each turn.
+        context_tokens: the prompt budget described in the module docs.
+        tools_in_template: also pass tools to the model's chat template (for models trained with tools).
+    """
+
+    def __init__(self, model: ChatModel, *, domain: str | None = "customer_service", system_prompt: str = "",
+                 sampling: SamplingParams | None = None, context_tokens: int = 2048,
+                 tools_in_template: bool = False) -> None:
+        if domain is not None and domain not in strategies():
+            raise ConfigError(f"unknown domain {domain!r}; choose one of {sorted(strategies())} or None")
+        if context_tokens < 64:
+            raise ConfigError(f"context_tokens={context_tokens} is too small; use at least 64")
+        self.model = model
+        self.domain = domain
+        self.system_prompt = system_prompt
+        self.sampling = sampling or SamplingParams(temperature=0.7, max_new_tokens=128)
+        self.context_tokens = context_tokens
+        self.tools_in_template = tools_in_template
+
+    # ------------------------------------------------------------ prompt
+    def _count(self, messages: list[Message]) -> int:
+        tok = getattr(self.model, "tokenizer", None)
+        if tok is not None and hasattr(self.model, "prompt_ids"):
+            return len(self.model.prompt_ids(messages))
+        return sum(len(m.content) + 16 for m in messages) // 4
+
+    def build_prompt(self, conversation: list[Message], tools: list[dict[str, Any]] | None = None) -> list[Message]:
+        """The messages the model sees for the next agent turn (see module docs)."""
+        env_system = [m.content for m in conversation if m.role == "system"]
+        parts = [strategies()[self.domain]] if self.domain else []
+        parts += env_system + ([self.system_prompt] if self.system_prompt else [])
+        if tools:
+            parts.append(_tools_text(tools))
+        system = Message(role="system", content="\n\n".join(parts))
+        rest = [m for m in conversation if m.role != "system"]
+        prompt = [system, *rest]
+        if self._count(prompt) <= self.context_tokens or len(rest) <= 2:
+            return prompt
+        head, tail = rest[:1], rest[1:]
+        # Drop whole turns from the front: an assistant message and the tool results that answer it go together.
+        while len(tail) > 1:
+            cut = 1
+            while cut < len(tail) and tail[cut].role == "tool":
+                cut += 1
+            tail = tail[cut:]
+            dropped = len(rest) - 1 - len(tail)
+            note = Message(role="user", content=f"[{dropped} earlier messages omitted]")
+            candidate = [system, *head, note, *tail]
+            if self._count(candidate) <= self.context_tokens:
+                return candidate
+        dropped = len(rest) - 1 - len(tail)
+        return [system, *head, Message(role="user", content=f"[{dropped} earlier messages omitted]"), *tail]
+
+    # ------------------------------------------------------------ acting
+    async def act(self, conversation: list[Message], tools: list[dict[str, Any]] | None = None, *,
+                  sampling: SamplingParams | None = None) -> Completion:
+        """One agent turn: the model's completion for the conversation so far."""
+        prompt = self.build_prompt(conversation, tools)
+        return await self.model.chat(prompt, sampling=sampling or self.sampling,
+                                     tools=tools if self.tools_in_template else None)
+
+    @staticmethod
+    def action_text(completion: Completion) -> str:
+        """The env action for a completion: its text, plus structured tool calls in the documented format
+        when the backend returned them separately (OpenAI-style ``tool_calls`` with empty text)."""
+        from ..envs.toolcalls import format_tool_call, parse_message
+
+        text = completion.text
+        if completion.tool_calls and not parse_message(text).calls:
+            text = (text + "\n" if text.strip() else "") + "".join(
+                format_tool_call(c.name, c.arguments) for c in completion.tool_calls)
+        return text
+

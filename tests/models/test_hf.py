@@ -1,0 +1,141 @@
+"""HFChatModel and its batching engine, on the tiny model (and SmolLM2 in one slower test)."""
+
+import asyncio
+import math
+
+import pytest
+import torch
+
+from stateset_agents import Message, ModelError, SamplingParams
+from stateset_agents.models.engine import _sample
+
+GREEDY = SamplingParams(temperature=0, max_new_tokens=20)
+
+
+def _prompts(n):
+    # different lengths, so left padding and cache merging are exercised
+    return [[Message(role="user", content="hello " * (i % 7 + 1) + f"request {i}")] for i in range(n)]
+
+
+async def test_greedy_is_identical_alone_and_among_16_concurrent(tiny_model):
+    prompts = _prompts(16)
+    alone = [await tiny_model.chat(p, sampling=GREEDY) for p in prompts]
+    together = await asyncio.gather(*[tiny_model.chat(p, sampling=GREEDY) for p in prompts])
+    assert [c.completion_ids for c in together] == [c.completion_ids for c in alone]
+    assert tiny_model.engine.stats.max_batch >= 8
+
+
+async def test_requests_join_while_others_decode(tiny_model):
+    long = SamplingParams(temperature=0, max_new_tokens=40)
+    first = asyncio.create_task(tiny_model.chat(_prompts(1)[0], sampling=long))
+    await asyncio.sleep(0.02)
+    late = await asyncio.gather(*[tiny_model.chat(p, sampling=GREEDY) for p in _prompts(5)[1:]])
+    alone = [await tiny_model.chat(p, sampling=GREEDY) for p in _prompts(5)[1:]]
+    assert [c.completion_ids for c in late] == [c.completion_ids for c in alone]
+    assert len((await first).completion_ids) == 40
+
+
+async def test_completion_token_data(tiny_model):
+    msgs = [Message(role="system", content="be brief"), Message(role="user", content="hi")]
+    c = await tiny_model.chat(msgs, sampling=SamplingParams(temperature=1.0, max_new_tokens=12, seed=1))
+    assert c.prompt_ids == tiny_model.prompt_ids(msgs)
+    assert len(c.completion_ids) == len(c.logprobs) <= 12
+    assert all(lp <= 0 for lp in c.logprobs)
+    assert c.usage == {"prompt_tokens": len(c.prompt_ids), "completion_tokens": len(c.completion_ids)}
+    assert c.finish_reason in ("stop", "length")
+
+
+async def test_logprobs_match_a_full_forward_pass(tiny_model):
+    """The engine's log-probs equal log_softmax(logits / T) recomputed on prompt + completion in one pass."""
+    msgs = [Message(role="user", content="where is my order?")]
+    t = 0.8
+    c = await tiny_model.chat(msgs, sampling=SamplingParams(temperature=t, max_new_tokens=16, seed=4))
+    ids = torch.tensor([c.prompt_ids + c.completion_ids])
+    with torch.no_grad():
+        logits = tiny_model.model(ids).logits[0, len(c.prompt_ids) - 1:-1].float()
+    ref = torch.log_softmax(logits / t, -1).gather(1, torch.tensor(c.completion_ids)[:, None])[:, 0]
+    assert torch.allclose(ref, torch.tensor(c.logprobs), atol=1e-4)
+
+
+async def test_seeded_sampling_is_reproducible_in_any_batch(tiny_model):
+    s = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=16, seed=3)
+    p = _prompts(4)
+    a = await asyncio.gather(*[tiny_model.chat(x, sampling=s) for x in p])
+    b = [await tiny_model.chat(x, sampling=s) for x in p]
+    assert [c.completion_ids for c in a] == [c.completion_ids for c in b]
+
+
+async def test_stop_strings_and_max_tokens(tiny_model):
+    s = SamplingParams(temperature=1.0, max_new_tokens=30, seed=11)
+    free = await tiny_model.chat(_prompts(1)[0], sampling=s)
+    assert free.finish_reason == "length" and len(free.completion_ids) == 30
+    stop = free.text[len(free.text) // 2:len(free.text) // 2 + 2]
+    c = await tiny_model.chat(_prompts(1)[0], sampling=s.model_copy(update={"stop": [stop]}))
+    assert c.finish_reason == "stop" and len(c.completion_ids) < 30
+    assert c.text == free.text[:free.text.find(stop)]
+
+
+def test_top_p_sampling_distribution():
+    logits = torch.tensor([2.0, 1.0, 0.0, -5.0])
+    s = SamplingParams(temperature=1.0, top_p=0.8)
+    g = torch.Generator().manual_seed(0)
+    seen = {}
+    for _ in range(300):
+        tok, lp = _sample(logits, s, g)
+        seen[tok] = lp
+    assert set(seen) == {0, 1}  # the nucleus of mass 0.8 holds the two largest
+    p = torch.softmax(logits, -1)[:2]
+    assert math.isclose(seen[0], math.log(p[0] / p.sum()), rel_tol=1e-5)
+
+
+def test_greedy_logprob_is_the_untempered_model_logprob():
+    logits = torch.tensor([0.5, 3.0, 1.0])
+    tok, lp = _sample(logits, SamplingParams(temperature=0), torch.Generator())
+    assert tok == 1 and math.isclose(lp, float(torch.log_softmax(logits, -1)[1]), rel_tol=1e-6)
+
+
+async def test_engine_errors_reach_the_caller(tiny_model_path):
+    from stateset_agents.models.hf import HFChatModel
+
+    m = HFChatModel(tiny_model_path)
+    too_long = [Message(role="user", content="hello " * 3000)]
+    with pytest.raises(ModelError, match=r"prompt of \d+ tokens \+ max_new_tokens=20 exceeds the model's 2048 positions"):
+        await m.chat(too_long, sampling=GREEDY)
+
+    class Broken:
+        def __call__(self, **kwargs):
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
+    m.engine.model = Broken()
+    results = await asyncio.gather(*[m.chat(p, sampling=GREEDY) for p in _prompts(3)], return_exceptions=True)
+    assert all(isinstance(r, ModelError) for r in results)
+    assert str(results[0]) == "generation with 'tiny0' failed: RuntimeError: CUDA out of memory (simulated)"
+    m.close()
+
+
+def test_bad_folder():
+    from stateset_agents import ConfigError
+    from stateset_agents.models.hf import HFChatModel
+
+    with pytest.raises(ConfigError, match="'/nonexistent' is not a model folder"):
+        HFChatModel("/nonexistent")
+
+
+@pytest.mark.slow
+async def test_smollm2_greedy_alone_equals_batched():
+    from stateset_agents.models import default_model
+
+    m = default_model()
+    prompts = [[Message(role="user", content=q)] for q in [
+        "Where is my order?", "I want a refund for a broken lamp, please.", "How do I reset my password?",
+        "My internet keeps dropping every evening since Monday.", "Can you book a demo for Tuesday?",
+        "What does the Team plan cost?", "My package arrived damaged.", "Cancel my order please."] * 2]
+    s = SamplingParams(temperature=0, max_new_tokens=16)
+    together = await asyncio.gather(*[m.chat(p, sampling=s) for p in prompts])
+    alone = await m.chat(prompts[3], sampling=s)
+    assert together[3].completion_ids == alone.completion_ids
+    assert len(alone.text) > 10
+    m.close()
