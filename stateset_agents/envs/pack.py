@@ -50,7 +50,8 @@ class _Strict(BaseModel):
 
 class Condition(_Strict):
     """``left op right``. Either side is a literal or a reference: ``$args.NAME``, ``$record.FIELD``,
-    ``$policy.NAME`` or ``$db.TABLE.KEY.FIELD``. ``exists``/``missing`` ignore ``right``."""
+    ``$policy.NAME`` or ``$db.TABLE.KEY.FIELD``. ``exists``/``missing`` ignore ``right``. A reference to
+    something absent differs from everything: ``!=`` and ``not_in`` are true for it, every other operator false."""
 
     left: Any
     op: Op = "=="

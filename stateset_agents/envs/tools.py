@@ -120,7 +120,7 @@ def _compare(left: Any, op: str, right: Any) -> bool:
     if op == "missing":
         return left is _MISSING or left is None
     if left is _MISSING or right is _MISSING:
-        return False
+        return op in ("!=", "not_in")  # an absent value differs from anything
     if op in ("in", "not_in"):
         items = right if isinstance(right, list) else [right]
         hit = _norm(left) in [_norm(i) for i in items]
