@@ -5,6 +5,7 @@ Importing the package registers the built-in Gymnasium environments (``stateset/
 and configures no logging.
 """
 
+from .agents import MultiTurnAgent
 from .envs import (
     END_MARKER,
     ConversationEnv,
@@ -30,7 +31,8 @@ from .errors import (
     SyncInAsyncError,
     UnknownScenarioError,
 )
-from .models import ChatModel, SamplingParams
+from .models import ChatModel, OpenAIChatModel, SamplingParams
+from .rollout import rollout
 from .types import Completion, Message, RewardResult, ToolCall, Trajectory, TrajectoryGroup
 
 __version__ = "0.1.0"
@@ -47,6 +49,8 @@ __all__ = [
     "Message",
     "ModelError",
     "ModelNotInstalledError",
+    "MultiTurnAgent",
+    "OpenAIChatModel",
     "PackError",
     "PluginError",
     "ReplayCache",
@@ -64,6 +68,7 @@ __all__ = [
     "__version__",
     "load_pack",
     "register_pack",
+    "rollout",
 ]
 
 _register_builtin_envs()

@@ -12,7 +12,15 @@ from .registry import (
     registered_envs,
 )
 from .toolcalls import format_tool_call, parse_message
-from .users import LLMUser, ReplayCache, ScriptedUser, UserContext, UserSimulator, UserSimulatorError, UserTurn
+from .users import (
+    LLMUser,
+    ReplayCache,
+    ScriptedUser,
+    UserContext,
+    UserSimulator,
+    UserSimulatorError,
+    UserTurn,
+)
 
 __all__ = [
     "BUILTIN_ENVS",

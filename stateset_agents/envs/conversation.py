@@ -31,8 +31,8 @@ from ..errors import EpisodeError, PackError, SyncInAsyncError
 from ..types import Message, ToolCall
 from .outcome import compute_outcome, disclosures, facts_in, forbidden_statements_in, goal_reached
 from .pack import EnvPack, Scenario, load_pack
-from .tools import Database, ToolError, forbidden_hits, run_tool, validate_args
 from .toolcalls import parse_message
+from .tools import Database, ToolError, forbidden_hits, run_tool, validate_args
 from .users import ScriptedUser, UserContext, UserSimulator, UserTurn
 
 __all__ = ["END_MARKER", "MAX_ACTION_CHARS", "MAX_OBSERVATION_CHARS", "TEXT_CHARSET", "ConversationEnv"]
