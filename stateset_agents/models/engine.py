@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .base import SamplingParams
 
@@ -157,8 +159,6 @@ class GenerationEngine:
             mask[i, width - n:] = 1
             r.pos = n
         pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
         cache = DynamicCache()
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=pos_ids.to(self.device), past_key_values=cache, use_cache=True)
@@ -170,12 +170,15 @@ class GenerationEngine:
     def _merge(self, new: list[_Request], cache: Any, mask: torch.Tensor) -> None:
         if not self._active:
             self._active, self._cache, self._mask = list(new), cache, mask
+            for layer in self._cache.layers:
+                _buffered(layer)
             return
         t_run, t_new = self._mask.shape[1], mask.shape[1]
         width = max(t_run, t_new)
         for layer_run, layer_new in zip(self._cache.layers, cache.layers, strict=True):
             layer_run.keys = torch.cat([_lpad(layer_run.keys, width), _lpad(layer_new.keys, width)], dim=0)
             layer_run.values = torch.cat([_lpad(layer_run.values, width), _lpad(layer_new.values, width)], dim=0)
+            _buffered(layer_run)
         self._mask = torch.cat([_lpad_mask(self._mask, width), _lpad_mask(mask, width)], dim=0)
         self._active.extend(new)
 
@@ -199,8 +202,7 @@ class GenerationEngine:
         self._sample_and_finish(list(self._active), out.logits[:, -1, :].float())
 
     def _sample_and_finish(self, reqs: list[_Request], logits: torch.Tensor) -> None:
-        for i, r in enumerate(reqs):
-            token, lp = _sample(logits[i], r.sampling, r.generator)
+        for r, (token, lp) in zip(reqs, _sample_rows(logits, reqs), strict=True):
             r.out_ids.append(token)
             r.logprobs.append(lp)
             self.stats.new_tokens += 1
@@ -223,6 +225,7 @@ class GenerationEngine:
         for layer in self._cache.layers:
             layer.keys = layer.keys[idx.to(layer.keys.device), :, first:, :]
             layer.values = layer.values[idx.to(layer.values.device), :, first:, :]
+            _buffered(layer)
         self._active = [self._active[i] for i in keep]
 
     def _check_finished(self, r: _Request) -> None:
@@ -243,6 +246,33 @@ class GenerationEngine:
             r.text = self.tokenizer.decode(r.out_ids, skip_special_tokens=True)
 
 
+def _buffered(layer: Any, spare: int = 64) -> None:
+    """Turn a cache layer into one that appends into a preallocated buffer instead of ``torch.cat``
+    (which copies the whole cache on every decode step)."""
+    keys, values = layer.keys, layer.values
+    b, h, t, d = keys.shape
+    layer._kbuf = keys.new_empty((b, h, t + spare, d))
+    layer._vbuf = values.new_empty((b, h, t + spare, d))
+    layer._kbuf[:, :, :t] = keys
+    layer._vbuf[:, :, :t] = values
+    layer._len = t
+    layer.keys, layer.values = layer._kbuf[:, :, :t], layer._vbuf[:, :, :t]
+    if not isinstance(layer, _BufferedLayer):
+        layer.__class__ = _BufferedLayer
+
+
+class _BufferedLayer(DynamicLayer):
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        n, q = self._len, key_states.shape[-2]
+        if n + q > self._kbuf.shape[-2]:
+            _buffered(self, spare=max(64, n))  # grow geometrically
+        self._kbuf[:, :, n:n + q] = key_states
+        self._vbuf[:, :, n:n + q] = value_states
+        self._len = n + q
+        self.keys, self.values = self._kbuf[:, :, :n + q], self._vbuf[:, :, :n + q]
+        return self.keys, self.values
+
+
 def _lpad(x: torch.Tensor, width: int) -> torch.Tensor:
     missing = width - x.shape[-2]
     if missing == 0:
@@ -256,6 +286,34 @@ def _lpad_mask(m: torch.Tensor, width: int) -> torch.Tensor:
     if missing == 0:
         return m
     return torch.cat([torch.zeros((m.shape[0], missing), dtype=m.dtype), m], dim=1)
+
+
+def _sample_rows(logits: torch.Tensor, reqs: list[_Request]) -> list[tuple[int, float]]:
+    """Sample every row at once where possible; each row uses its own request's generator (Gumbel-max:
+    ``argmax(logp + G)`` with ``G = -log(-log(U))`` draws exactly from ``softmax(logp)``)."""
+    temps = torch.tensor([r.sampling.temperature if r.sampling.temperature > 0 else 1.0 for r in reqs],
+                         dtype=logits.dtype, device=logits.device)
+    logp = torch.log_softmax(logits / temps[:, None], -1)
+    out: list[tuple[int, float] | None] = [None] * len(reqs)
+    rows, noise = [], []
+    for i, r in enumerate(reqs):
+        s = r.sampling
+        if s.temperature == 0:
+            token = int(torch.argmax(logits[i]))
+            out[i] = (token, float(logp[i, token]))
+        elif s.top_p < 1.0:
+            out[i] = _sample(logits[i], s, r.generator)
+        else:
+            rows.append(i)
+            noise.append(torch.rand(logits.shape[-1], generator=r.generator))
+    if rows:
+        idx = torch.tensor(rows, device=logits.device)
+        u = torch.stack(noise).to(logits.device)
+        tokens = torch.argmax(logp[idx] - torch.log(-torch.log(u)), -1)
+        lps = logp[idx].gather(1, tokens[:, None])[:, 0]
+        for j, i in enumerate(rows):
+            out[i] = (int(tokens[j]), float(lps[j]))
+    return out  # type: ignore[return-value]
 
 
 def _sample(logits: torch.Tensor, s: SamplingParams, g: torch.Generator) -> tuple[int, float]:
