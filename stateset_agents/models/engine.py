@@ -79,13 +79,16 @@ class GenerationEngine:
         tokenizer: its tokenizer (used to decode for stop strings).
         max_batch_size: most requests decoded together.
         eos_token_ids: token ids that end a completion (kept in ``completion_ids``).
+        admit_window: when idle, how long (seconds) to keep collecting a burst of arriving requests before the
+            first prefill; a burst stops early as soon as no new request arrived for 2 ms.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32,
-                 eos_token_ids: list[int] | None = None) -> None:
+                 eos_token_ids: list[int] | None = None, admit_window: float = 0.02) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.admit_window = admit_window
         self.eos = set(eos_token_ids or [])
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
@@ -128,6 +131,8 @@ class GenerationEngine:
                     if not self._waiting and not self._active:
                         self._running = False
                         return
+                if not self._active:
+                    self._gather_burst()
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     self._admit()
@@ -141,6 +146,19 @@ class GenerationEngine:
                 self._cache = self._mask = None
             for r in pending:
                 r.loop.call_soon_threadsafe(_set_exception, r.future, e)
+
+    def _gather_burst(self) -> None:
+        """When idle, wait while requests keep arriving (up to ``admit_window`` s), so a burst of concurrent
+        calls is prefilled in one forward instead of one by one."""
+        deadline = time.perf_counter() + self.admit_window
+        seen = -1
+        while time.perf_counter() < deadline:
+            with self._lock:
+                n = len(self._waiting)
+            if n == seen or n >= self.max_batch_size:
+                return
+            seen = n
+            time.sleep(0.002)
 
     def _admit(self) -> None:
         with self._lock:
