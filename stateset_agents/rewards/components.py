@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from functools import cache
@@ -48,10 +49,8 @@ class ToolUseReward(TrajectoryReward):
             return None
         ok = 0
         for m in results:
-            try:
+            with contextlib.suppress(json.JSONDecodeError, AttributeError):
                 ok += bool(json.loads(m.content).get("ok"))
-            except (json.JSONDecodeError, AttributeError):
-                pass
         return ok / len(results)
 
 

@@ -30,7 +30,6 @@ class RewardReport:
         for col in ("component", "mean", "std", "n", "n/a"):
             t.add_column(col, justify="right" if col != "component" else "left")
         for name, s in self.stats.items():
-            fmt = (lambda x: "-" if x is None else f"{x:.3f}")
             t.add_row(name, fmt(s["mean"]), fmt(s["std"]), str(s["count"]), str(s["missing"]))
         c = Table(title="correlation between components")
         names = list(self.correlation)
@@ -40,6 +39,10 @@ class RewardReport:
         for a in names:
             c.add_row(a, *["-" if self.correlation[a][b] is None else f"{self.correlation[a][b]:+.2f}" for b in names])
         return t, c
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:

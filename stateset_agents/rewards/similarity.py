@@ -56,10 +56,7 @@ class ReferenceSimilarity:
             texts = [parse_message(m.content).text for m in agent_messages(t)] if t.error is None else []
             per_traj.append([x for x in texts if x.strip()])
         flat = [x for texts in per_traj for x in texts]
-        if not refs or not flat:
-            emb = None
-        else:
-            emb = self.embedder.encode(refs + flat)
+        emb = None if not refs or not flat else self.embedder.encode(refs + flat)
         out, k = [], len(refs)
         for t, texts in zip(group.trajectories, per_traj, strict=True):
             if t.error is not None:
