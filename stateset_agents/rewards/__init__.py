@@ -15,14 +15,17 @@ from .components import (
 )
 from .compose import Combined, GeometricMean, Minimum, WeightedMean, WeightedSum
 from .interop import as_trl_reward, from_trl_reward
+from .judge_cache import JudgeCache
 from .presets import load_reward
 from .report import RewardReport, reward_report
+from .ruler import RulerReward, builtin_rubrics, load_rubric
 
 __all__ = [
     "Combined",
     "EfficiencyReward",
     "Embedder",
     "GeometricMean",
+    "JudgeCache",
     "LengthWindowReward",
     "LexiconReward",
     "Minimum",
@@ -31,6 +34,7 @@ __all__ = [
     "RepetitionPenalty",
     "RewardFunction",
     "RewardReport",
+    "RulerReward",
     "ToolUseReward",
     "TrajectoryReward",
     "WeightedMean",
@@ -38,8 +42,10 @@ __all__ = [
     "agent_messages",
     "agent_text",
     "as_trl_reward",
+    "builtin_rubrics",
     "from_trl_reward",
     "load_reward",
+    "load_rubric",
     "reward_report",
 ]
 

@@ -48,11 +48,14 @@ def test_non_editable_wheel_ships_the_packs(tmp_path):
     code = ("import stateset_agents, json\n"
             "from stateset_agents.envs import load_pack, BUILTIN_ENVS\n"
             "from stateset_agents.rewards import load_reward\n"
-            "presets = [load_reward(n).name for n in ('customer_service', 'educational')]\n"
+            "from stateset_agents.rewards import builtin_rubrics\n"
+            "presets = [load_reward(n).name for n in ('customer_service', 'educational')] + sorted(builtin_rubrics())\n"
             "print(json.dumps([stateset_agents.__file__, {n: [load_pack(n).path, len(load_pack(n).scenarios)]"
             " for n in BUILTIN_ENVS.values()}, presets]))\n")
     init, packs, presets = json.loads(_run(code, target, tmp_path))
-    assert presets == ["customer_service", "educational"]
+    assert presets[:2] == ["customer_service", "educational"]
+    assert presets[2:] == sorted(["creative_writing", "customer_service", "default", "educational", "sales",
+                                  "tech_support"])
     assert init.startswith(str(target))
     for name, (path, count) in packs.items():
         assert path == str(target / "stateset_agents/_packs/environments" / name)
