@@ -29,6 +29,8 @@ __all__ = [
     "LengthWindowReward",
     "LexiconReward",
     "Minimum",
+    "NeuralReward",
+    "NeuralRewardConfig",
     "OutcomeReward",
     "ReferenceSimilarity",
     "RepetitionPenalty",
@@ -49,7 +51,8 @@ __all__ = [
     "reward_report",
 ]
 
-_LAZY = {"Embedder": ".embeddings", "ReferenceSimilarity": ".similarity"}
+_LAZY = {"Embedder": ".embeddings", "ReferenceSimilarity": ".similarity", "NeuralReward": ".neural",
+         "NeuralRewardConfig": ".neural"}
 
 
 def __getattr__(name: str) -> Any:
