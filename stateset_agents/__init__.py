@@ -29,6 +29,7 @@ from .errors import (
     PluginError,
     StatesetError,
     SyncInAsyncError,
+    TrainingError,
     UnknownScenarioError,
 )
 from .models import ChatModel, OpenAIChatModel, SamplingParams
@@ -61,6 +62,7 @@ __all__ = [
     "StatesetError",
     "SyncInAsyncError",
     "ToolCall",
+    "TrainingError",
     "Trajectory",
     "TrajectoryGroup",
     "UnknownScenarioError",

@@ -12,8 +12,9 @@ Every message names the bad value and says how to fix it.
     │                                  a sync env method called inside a running event loop
     ├── PluginError (RuntimeError)     a third-party environment plugin failed to load
     ├── ModelError (RuntimeError)      a language model backend failed (endpoint down, bad response)
-    └── ModelNotInstalledError (ImportError)
-                                       the default model or an optional extra is not installed
+    ├── ModelNotInstalledError (ImportError)
+    │                                  the default model or an optional extra is not installed
+    └── TrainingError (RuntimeError)   training cannot go on (e.g. the reward applies to nothing in a batch)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "PluginError",
     "StatesetError",
     "SyncInAsyncError",
+    "TrainingError",
     "UnknownScenarioError",
 ]
 
@@ -72,3 +74,7 @@ class ModelError(StatesetError, RuntimeError):
 
 class ModelNotInstalledError(StatesetError, ImportError):
     """A model package or optional extra is missing. The message gives the exact install command."""
+
+
+class TrainingError(StatesetError, RuntimeError):
+    """Training cannot go on: the message says what was found and what to change."""

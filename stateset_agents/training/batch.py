@@ -1,0 +1,122 @@
+"""From scored trajectories to training sequences with a loss mask.
+
+Every agent turn of a trajectory is one training sequence: the exact ``prompt_ids`` the model saw at that turn
+followed by the ``completion_ids`` it sampled (both recorded by the rollout). Only the completion tokens are under
+the loss; the prompt (system, user, tool messages and the agent's own earlier turns, re-templated) is context.
+Each turn carries its trajectory's advantage (GRPO) or its own (GAE), the rollout's log-probs of its tokens as the
+old policy's, and the per-token loss weight of its trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..types import Trajectory
+
+__all__ = ["Sample", "collate", "samples_from_trajectories"]
+
+
+@dataclass
+class Sample:
+    """One agent turn as a training sequence."""
+
+    input_ids: list[int]
+    completion_start: int
+    """Index in ``input_ids`` of the first completion token."""
+    old_logprobs: list[float]
+    traj_index: int
+    turn_index: int
+    truncated: bool
+    """The turn hit ``max_new_tokens``."""
+    advantage: float = 0.0
+    weight: float = 0.0
+    """Loss weight of each of its tokens (see losses.loss_weights)."""
+    ref_logprobs: list[float] | None = None
+    value: float | None = None
+    ret: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_completion(self) -> int:
+        return len(self.input_ids) - self.completion_start
+
+
+def samples_from_trajectories(trajectories: Sequence[Trajectory], indices: Sequence[int] | None = None,
+                              *, mask_truncated: bool = False) -> list[Sample]:
+    """The agent turns of the given trajectories (all by default) that have token data and at least one token.
+
+    Raises ValueError when a completion has no token data (a remote model's rollout cannot be trained on here).
+    """
+    out = []
+    for i in (indices if indices is not None else range(len(trajectories))):
+        t = trajectories[i]
+        for k, c in enumerate(t.completions):
+            if c.prompt_ids is None or c.completion_ids is None or c.logprobs is None:
+                raise ValueError(f"turn {k} of a trajectory of scenario {t.scenario_id!r} has no token data "
+                                 f"(model {c.model!r}); GRPO trains a local model whose completions carry "
+                                 "prompt_ids, completion_ids and logprobs")
+            if not c.completion_ids:
+                continue
+            truncated = c.finish_reason == "length"
+            if mask_truncated and truncated:
+                continue
+            out.append(Sample(input_ids=list(c.prompt_ids) + list(c.completion_ids),
+                              completion_start=len(c.prompt_ids), old_logprobs=list(c.logprobs),
+                              traj_index=i, turn_index=k, truncated=truncated))
+    return out
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    rows: torch.Tensor
+    """For every loss token, its row (sequence) in the batch."""
+    positions: torch.Tensor
+    """For every loss token, the position whose hidden state predicts it (its own index - 1)."""
+    targets: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    weights: torch.Tensor
+    ref_logprobs: torch.Tensor | None
+    value_positions: torch.Tensor
+    """Per row: the last prompt position (where the value head reads the state)."""
+    returns: torch.Tensor | None
+
+
+def collate(samples: Sequence[Sample], pad_id: int, device: torch.device | str = "cpu") -> Batch:
+    """Right-pad the sequences into one batch and flatten the loss tokens."""
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    rows, positions, targets, old, adv, w, ref = [], [], [], [], [], [], []
+    for r, s in enumerate(samples):
+        n = len(s.input_ids)
+        ids[r, :n] = torch.tensor(s.input_ids)
+        mask[r, :n] = 1
+        for j, pos in enumerate(range(s.completion_start, n)):
+            rows.append(r)
+            positions.append(pos - 1)
+            targets.append(s.input_ids[pos])
+            old.append(s.old_logprobs[j])
+            adv.append(s.advantage)
+            w.append(s.weight)
+            if s.ref_logprobs is not None:
+                ref.append(s.ref_logprobs[j])
+    has_ref = all(s.ref_logprobs is not None for s in samples)
+    has_ret = all(s.ret is not None for s in samples)
+    return Batch(
+        input_ids=ids.to(device), attention_mask=mask.to(device),
+        rows=torch.tensor(rows, dtype=torch.long, device=device),
+        positions=torch.tensor(positions, dtype=torch.long, device=device),
+        targets=torch.tensor(targets, dtype=torch.long, device=device),
+        old_logprobs=torch.tensor(old, dtype=torch.float32, device=device),
+        advantages=torch.tensor(adv, dtype=torch.float32, device=device),
+        weights=torch.tensor(w, dtype=torch.float32, device=device),
+        ref_logprobs=torch.tensor(ref, dtype=torch.float32, device=device) if has_ref else None,
+        value_positions=torch.tensor([s.completion_start - 1 for s in samples], dtype=torch.long, device=device),
+        returns=torch.tensor([s.ret for s in samples], dtype=torch.float32, device=device) if has_ret else None,
+    )

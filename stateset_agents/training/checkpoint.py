@@ -1,0 +1,147 @@
+"""Checkpoints: written atomically, read without unpickling anything.
+
+A checkpoint is a folder ``checkpoints/step-N/``:
+
+- ``adapter_model.safetensors`` + ``adapter_config.json`` (LoRA, peft's layout) or ``model.safetensors`` +
+  ``config.json`` + the tokenizer files (full fine-tune, ``save_pretrained`` layout): a folder you can serve;
+- ``optimizer.safetensors`` + ``optimizer.json``: the optimiser's tensors, and its hyperparameters and
+  non-tensor state as JSON;
+- ``value_head.safetensors`` (with ``advantage_estimator: gae``);
+- ``rng.safetensors`` + ``trainer_state.json``: step, scheduler state, torch/numpy/python RNG states;
+- ``config.yaml``: the run's config.
+
+It is written into ``checkpoints/.tmp-step-N-*`` and renamed into place with one ``os.replace``, so a crash leaves
+either the whole checkpoint or none. Loading uses ``safetensors`` and ``json`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["latest_checkpoint", "load_optimizer", "optimizer_tensors", "restore_rng", "rng_tensors",
+           "save_atomically", "write_json_atomic"]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_atomically(dest: Path, write: Any) -> Path:
+    """Call ``write(tmp_folder)`` then rename the folder to ``dest`` (replacing an older one)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
+    try:
+        write(tmp)
+        if dest.exists():
+            old = dest.with_name(f".old-{dest.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete ``checkpoints/step-N`` of a run folder, or None."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("step-") and (p / "trainer_state.json").is_file():
+            try:
+                steps.append((int(p.name[5:]), p))
+            except ValueError:
+                continue
+    return max(steps)[1] if steps else None
+
+
+# ------------------------------------------------------------------ optimiser state without pickle
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and JSON."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    for pid, values in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    groups = meta["param_groups"]
+    if len(groups) != len(optimizer.param_groups):
+        raise ConfigError(f"the checkpoint's optimiser has {len(groups)} parameter groups but this one has "
+                          f"{len(optimizer.param_groups)}; resume with the same config")
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ------------------------------------------------------------------ RNG states
+def rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    np_state = np.random.get_state()
+    meta = {
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": _py_state_to_json(random.getstate()),
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = sorted(k for k in tensors if k.startswith("cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    random.setstate(_py_state_from_json(meta["python"]))
+
+
+def _py_state_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_state_from_json(data: list) -> tuple:
+    return (data[0], tuple(data[1]), data[2])
