@@ -5,6 +5,10 @@
     stateset-agents chat --env ID [--scenario ID] [--model PATH|URL] [--as agent|user]
                                               play one episode and print it
     stateset-agents demo                      play one scripted conversation per domain
+    stateset-agents train CONFIG [--resume]   train with GRPO or Training-Free GRPO (the config's `algorithm`)
+    stateset-agents report RUN_DIR            plot a run's reward components over steps (RUN_DIR/plot.png)
+    stateset-agents eval --env NAME [--k 4] [--json OUT]
+                                              success rate, reward, pass@k and pass^k on a split
 """
 
 from __future__ import annotations
@@ -76,6 +80,77 @@ def _demo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace, console: Console) -> int:
+    from .training import load_config
+    from .training.build import build_trainer
+
+    config = load_config(args.config, output_dir=args.output_dir, max_steps=args.max_steps)
+    trainer = build_trainer(config)
+    is_main = getattr(getattr(trainer, "dist", None), "is_main", True)
+    if is_main:
+        console.print(f"training {config.algorithm} on {config.env!r} -> {config.output_dir}", highlight=False)
+    try:
+        summary = trainer.train(resume=args.resume)
+    finally:
+        dist = getattr(trainer, "dist", None)
+        if dist is not None:
+            dist.close()
+    if is_main:
+        from .training.report import plot_run
+
+        plot = plot_run(summary["run_dir"])
+        console.print(f"done: {summary['steps']} steps; metrics {summary['run_dir']}/metrics.jsonl; plot {plot}",
+                      highlight=False)
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from .training.report import plot_run, summary_table
+
+    plot = plot_run(args.run_dir, out=args.out)
+    console.print(summary_table(args.run_dir))
+    console.print(f"plot: {plot}", highlight=False)
+    return 0
+
+
+def _eval(args: argparse.Namespace, console: Console) -> int:
+    import asyncio
+
+    from .chat import load_model
+    from .errors import ConfigError
+    from .evaluation import aevaluate_domains, load_domain
+    from .models.base import SamplingParams
+
+    if args.k < 1:
+        raise ConfigError(f"--k {args.k} must be >= 1 (trials per scenario)")
+    if args.temperature < 0 or args.max_new_tokens < 1:
+        raise ConfigError(f"--temperature {args.temperature} must be >= 0 and --max-new-tokens "
+                          f"{args.max_new_tokens} >= 1")
+    sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    for env in args.env:  # check every input before the (slow) model load
+        load_domain(env, split=args.split, limit=args.scenarios, max_turns=args.max_turns)
+    reward = None
+    if args.reward is not None:
+        from .rewards import load_reward
+
+        reward = load_reward(args.reward)
+    model = load_model(None if args.model == "default" else args.model, model_name=args.model_name)
+    try:
+        domains = [load_domain(e, split=args.split, limit=args.scenarios, max_turns=args.max_turns, model=model,
+                               sampling=sampling) for e in args.env]
+        report = asyncio.run(aevaluate_domains(None, domains, k=args.k, reward=reward, seed=args.seed,
+                                               concurrency=args.concurrency))
+    finally:
+        if hasattr(model, "close"):
+            model.close()
+    console.print(report.table())
+    if reward is not None:
+        console.print(report.components_table())
+    if args.json:
+        console.print(f"report: {report.save(args.json)}", highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stateset-agents", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +174,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="play one scripted conversation per domain")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    train = sub.add_parser("train", help="train from a YAML config (GRPO or Training-Free GRPO)")
+    train.add_argument("config", help="YAML config (see examples/customer_service.yaml)")
+    train.add_argument("--output-dir", default=None, help="run folder (overrides the config's output_dir)")
+    train.add_argument("--max-steps", type=int, default=None, help="overrides the config's max_steps")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train.set_defaults(func=_train)
+    report = sub.add_parser("report", help="plot a run's reward and components over steps")
+    report.add_argument("run_dir", help="a run folder with metrics.jsonl")
+    report.add_argument("--out", default=None, help="PNG path (default RUN_DIR/plot.png)")
+    report.set_defaults(func=_report)
+    ev = sub.add_parser("eval", help="evaluate a model: success rate, reward, pass@k and pass^k per domain")
+    ev.add_argument("--env", nargs="+", default=["customer_service"],
+                    help="one or more pack names, pack folders or registered env ids")
+    ev.add_argument("--model", default="default", help="'default' (SmolLM2), a model folder, or an "
+                    "OpenAI-compatible URL")
+    ev.add_argument("--model-name", default="default", help="model name sent to an OpenAI-compatible URL")
+    ev.add_argument("--split", choices=["train", "test", "all"], default="test")
+    ev.add_argument("--k", type=int, default=4, help="trials per scenario (pass@k and pass^k up to k)")
+    ev.add_argument("--reward", default=None, help="reward preset name or YAML path (default: no reward)")
+    ev.add_argument("--scenarios", type=int, default=None, help="only the first N scenarios of the split")
+    ev.add_argument("--seed", type=int, default=0, help="same seed = same episodes (paired before/after)")
+    ev.add_argument("--temperature", type=float, default=0.7)
+    ev.add_argument("--max-turns", type=int, default=None, help="agent messages per episode (default: the pack's)")
+    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--concurrency", type=int, default=32, help="episodes in flight at once")
+    ev.add_argument("--json", default=None, metavar="OUT", help="write the full report (every trial) as JSON")
+    ev.set_defaults(func=_eval)
     return parser
 
 

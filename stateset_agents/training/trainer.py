@@ -308,7 +308,10 @@ class GRPOTrainer:
         samples = self._samples(trajs, advantages, groups, zero_var)
         t_adv = time.perf_counter() - t0 - t_rollout - t_score
         update = self._update(samples, trajs)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a step with nothing under the loss still advances the schedule
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step",
+                                    category=UserWarning)
+            self.scheduler.step()
         self.step += 1
         new_tokens = sum(len(c.completion_ids or []) for t in trajs for c in t.completions)
         metrics = self._metrics(step, groups, trajs, zero_var, update, new_tokens,
@@ -316,6 +319,7 @@ class GRPOTrainer:
                                  "update": update.pop("_time"), "total": time.perf_counter() - t0})
         self.history.append(metrics)
         if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(metrics) + "\n")
             for tr in self._trackers:
