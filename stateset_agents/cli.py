@@ -144,8 +144,6 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
         if hasattr(model, "close"):
             model.close()
     console.print(report.table())
-    if reward is not None:
-        console.print(report.components_table())
     if args.json:
         console.print(f"report: {report.save(args.json)}", highlight=False)
     return 0
