@@ -32,6 +32,7 @@ from .errors import (
     TrainingError,
     UnknownScenarioError,
 )
+from .evaluation import EvalReport, aevaluate, evaluate, pass_at_k, pass_hat_k
 from .models import ChatModel, OpenAIChatModel, SamplingParams
 from .rollout import rollout
 from .types import Completion, Message, RewardResult, ToolCall, Trajectory, TrajectoryGroup
@@ -46,6 +47,7 @@ __all__ = [
     "ConversationEnv",
     "EnvPack",
     "EpisodeError",
+    "EvalReport",
     "LLMUser",
     "Message",
     "ModelError",
@@ -68,7 +70,11 @@ __all__ = [
     "UnknownScenarioError",
     "UserSimulator",
     "__version__",
+    "aevaluate",
+    "evaluate",
     "load_pack",
+    "pass_at_k",
+    "pass_hat_k",
     "register_pack",
     "rollout",
 ]
