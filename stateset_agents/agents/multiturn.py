@@ -1,8 +1,9 @@
 """MultiTurnAgent: a ChatModel with a domain strategy, tools in the prompt, and a context budget.
 
 Prompt layout, per turn: one system message = the domain strategy (``strategies.yaml``), then the
-environment's instructions (the conversation's own system message), then the tools with the call format;
-then the conversation (user, assistant and tool messages).
+environment's instructions (the conversation's own system message), then the lessons of an experience library
+when one is given (Training-Free GRPO), then the tools with the call format; then the conversation (user,
+assistant and tool messages).
 
 Context budget: when the prompt would exceed ``context_tokens`` (counted with the model's tokenizer when it
 has one, else estimated at 4 characters per token), the oldest turns are dropped, always keeping the system
@@ -20,13 +21,16 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..errors import ConfigError
 from ..models.base import ChatModel, SamplingParams
 from ..types import Completion, Message
+
+if TYPE_CHECKING:
+    from ..training.experience import ExperienceLibrary
 
 __all__ = ["MultiTurnAgent", "strategies"]
 
@@ -61,11 +65,14 @@ class MultiTurnAgent:
         sampling: default sampling for each turn.
         context_tokens: the prompt budget described in the module docs.
         tools_in_template: also pass tools to the model's chat template (for models trained with tools).
+        experiences: an :class:`~stateset_agents.training.ExperienceLibrary` (Training-Free GRPO); each turn its
+            ``to_prompt(conversation, domain=domain)`` is added to the system message, after the instructions
+            and before the tools. Deploy a learned library this way without any training.
     """
 
     def __init__(self, model: ChatModel, *, domain: str | None = "customer_service", system_prompt: str = "",
                  sampling: SamplingParams | None = None, context_tokens: int = 2048,
-                 tools_in_template: bool = False) -> None:
+                 tools_in_template: bool = False, experiences: ExperienceLibrary | None = None) -> None:
         if domain is not None and domain not in strategies():
             raise ConfigError(f"unknown domain {domain!r}; choose one of {sorted(strategies())} or None")
         if context_tokens < 64:
@@ -76,6 +83,10 @@ class MultiTurnAgent:
         self.sampling = sampling or SamplingParams(temperature=0.7, max_new_tokens=128)
         self.context_tokens = context_tokens
         self.tools_in_template = tools_in_template
+        if experiences is not None and not callable(getattr(experiences, "to_prompt", None)):
+            raise ConfigError(f"experiences must be an ExperienceLibrary (with to_prompt), got "
+                              f"{type(experiences).__name__}; load one with ExperienceLibrary.load(path)")
+        self.experiences = experiences
 
     # ------------------------------------------------------------ prompt
     def _count(self, messages: list[Message]) -> int:
@@ -89,6 +100,10 @@ class MultiTurnAgent:
         env_system = [m.content for m in conversation if m.role == "system"]
         parts = [strategies()[self.domain]] if self.domain else []
         parts += env_system + ([self.system_prompt] if self.system_prompt else [])
+        if self.experiences is not None:
+            lessons = self.experiences.to_prompt(conversation, domain=self.domain)
+            if lessons:
+                parts.append(lessons)
         if tools:
             parts.append(_tools_text(tools))
         system = Message(role="system", content="\n\n".join(parts))
