@@ -65,8 +65,10 @@ def _show(console: Console, m: Message) -> None:
 
 
 async def play_chat(env: ConversationEnv, *, model: Any = None, human: str | None = None, seed: int = 0,
-                    console: Console | None = None, read=input, max_new_tokens: int = 128) -> dict[str, Any]:
-    """Play one episode; return the final info. ``human`` is None, "agent" or "user"."""
+                    console: Console | None = None, read=input, max_new_tokens: int = 128,
+                    experiences: Any = None) -> dict[str, Any]:
+    """Play one episode; return the final info. ``human`` is None, "agent" or "user". ``experiences``: an
+    ExperienceLibrary injected into the model agent's prompt (Training-Free GRPO)."""
     from .agents import MultiTurnAgent
     from .models.base import SamplingParams
 
@@ -77,7 +79,7 @@ async def play_chat(env: ConversationEnv, *, model: Any = None, human: str | Non
         env.user = HumanUser(read)
     agent = None if human == "agent" else MultiTurnAgent(
         model, domain=env.pack.domain if env.pack.domain in ("customer_service", "tech_support", "sales") else None,
-        sampling=SamplingParams(temperature=0.7, max_new_tokens=max_new_tokens, seed=seed))
+        sampling=SamplingParams(temperature=0.7, max_new_tokens=max_new_tokens, seed=seed), experiences=experiences)
     s = env.fixed_scenario
     _, info = await env.areset(seed=seed)
     s = env.scenario

@@ -63,11 +63,16 @@ def _chat(args: argparse.Namespace, console: Console) -> int:
 
     from .chat import load_model, play_chat
 
+    experiences = None
+    if args.experiences is not None:  # read before the (slow) model load, so a bad path fails at once
+        from .training.experience import ExperienceLibrary
+
+        experiences = ExperienceLibrary.load(args.experiences)
     env = gym.make(args.env, scenario=args.scenario, split="all").unwrapped
     model = None if args.as_ == "agent" else load_model(args.model, model_name=args.model_name)
     try:
         asyncio.run(play_chat(env, model=model, human=args.as_, seed=args.seed, console=console,
-                              max_new_tokens=args.max_new_tokens))
+                              max_new_tokens=args.max_new_tokens, experiences=experiences))
     finally:
         env.close()
     return 0
@@ -168,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="type the agent's turns (agent) or the customer's (user) yourself")
     chat.add_argument("--seed", type=int, default=0)
     chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--experiences", default=None, metavar="PATH",
+                      help="an experience library (Training-Free GRPO's experiences.json; a path or fsspec URL) "
+                      "injected into the agent's prompt")
     chat.set_defaults(func=_chat)
     demo = sub.add_parser("demo", help="play one scripted conversation per domain")
     demo.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,440 @@
+"""The learner side of Training-Free GRPO: semantic advantages and library operations from a ChatModel.
+
+For a group of rollouts of one scenario whose rewards differ, the learner (any ChatModel; it may be a stronger
+model than the agent, e.g. an OpenAI-compatible endpoint):
+
+1. summarises each scored trajectory (``summarize: true``; otherwise it reads the transcripts directly);
+2. compares the better ones with the worse ones: the *semantic advantage* (why the better ones scored higher) and
+   up to ``max_ops`` proposed operations on the library: ADD, MODIFY(id), DELETE(id), KEEP(id);
+
+then, once per batch, it consolidates every group's proposals into one list (merging near-duplicates, resolving
+conflicts), each final operation citing the proposals it came from (its provenance).
+
+Every answer is one JSON object, parsed and validated with pydantic plus the library's rules (known ids, the word
+limit). An invalid answer is sent back with the error and the model answers again, up to ``retries`` times; then
+that group (or the batch's consolidation) is skipped and the error is reported. Nothing is ever made up in its
+place. Whatever the learner proposes, :func:`resolve_conflicts` applies fixed rules before the library sees it.
+
+JSON answers::
+
+    summary:        {"summary": "..."}
+    group:          {"advantage": "...", "operations": [{"op": "ADD", "text": "..."},
+                                                        {"op": "MODIFY", "id": "E3", "text": "..."},
+                                                        {"op": "DELETE", "id": "E5"}, {"op": "KEEP", "id": "E2"}]}
+    consolidation:  {"operations": [{"op": "ADD", "text": "...", "sources": ["P1", "P4"]}, ...]}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..models.base import SamplingParams
+from ..types import Message, Trajectory, TrajectoryGroup
+from .experience import ExperienceLibrary, Operation, Provenance, word_count
+
+__all__ = [
+    "GroupProposal",
+    "LearnerFailed",
+    "LearnerOutputError",
+    "SemanticLearner",
+    "consolidate_by_embedding",
+    "extract_json",
+    "render_transcript",
+    "resolve_conflicts",
+]
+
+T = TypeVar("T")
+
+SYSTEM = ("You improve a conversational agent by writing short, general lessons (experiences) learned from "
+          "comparing its conversations. You always answer with exactly one JSON object and nothing else.")
+
+
+class LearnerOutputError(ValueError):
+    """The learner's answer is not valid; the message is what the learner is told on the retry."""
+
+
+class LearnerFailed(RuntimeError):
+    """The learner gave no valid answer within its retries."""
+
+    def __init__(self, stage: str, errors: list[str]) -> None:
+        super().__init__(f"{stage}: no valid answer after {len(errors)} attempt(s); last error: {errors[-1]}")
+        self.stage, self.errors = stage, errors
+
+
+# ------------------------------------------------------------ answer schemas
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SummaryAnswer(_Answer):
+    summary: str = Field(min_length=1)
+
+
+class ProposedOp(_Answer):
+    op: Literal["ADD", "MODIFY", "DELETE", "KEEP"]
+    id: str | None = None
+    text: str | None = None
+    reason: str = ""
+
+    @field_validator("op", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.strip().upper() if isinstance(v, str) else v
+
+
+class GroupAnswer(_Answer):
+    advantage: str = Field(min_length=1)
+    operations: list[ProposedOp]
+
+
+class ConsolidatedOp(ProposedOp):
+    sources: list[str] = Field(min_length=1)
+
+
+class BatchAnswer(_Answer):
+    operations: list[ConsolidatedOp]
+
+
+def extract_json(text: str) -> Any:
+    """The JSON object in a model's answer (code fences and text around the outermost braces are ignored)."""
+    body = re.sub(r"```(?:json)?", "", text)
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end <= start:
+        raise LearnerOutputError("the answer contains no JSON object; answer with one JSON object only")
+    try:
+        return json.loads(body[start:end + 1])
+    except json.JSONDecodeError as e:
+        raise LearnerOutputError(f"the answer is not valid JSON: {e.msg} at character {e.pos}") from e
+
+
+def _validate(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors()[:5]:
+            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            parts.append(f"{loc}: {err['msg']}")
+        raise LearnerOutputError("; ".join(parts)) from e
+
+
+def check_ops(ops: Sequence[ProposedOp], *, known_ids: Sequence[str], word_limit: int,
+              max_ops: int | None = None, sources: Sequence[str] | None = None) -> None:
+    """The library's rules for proposed operations; raises LearnerOutputError listing every problem."""
+    problems = []
+    if max_ops is not None and len(ops) > max_ops:
+        problems.append(f"{len(ops)} operations, at most {max_ops} allowed")
+    known = ", ".join(known_ids) or "none (the library is empty: only ADD is possible)"
+    for i, op in enumerate(ops):
+        where = f"operations[{i}] ({op.op})"
+        if op.op in ("ADD", "MODIFY"):
+            if not op.text or not op.text.strip():
+                problems.append(f"{where} needs a non-empty text")
+            elif word_count(op.text) > word_limit:
+                problems.append(f"{where} text has {word_count(op.text)} words; at most {word_limit}")
+        if op.op == "ADD" and op.id is not None:
+            problems.append(f"{where} takes no id (ids are given by the library)")
+        if op.op in ("MODIFY", "DELETE") and op.id not in known_ids:
+            problems.append(f"{where} needs the id of an existing experience, got {op.id!r}; known ids: {known}")
+        if op.op == "KEEP" and op.id is not None and op.id not in known_ids:
+            problems.append(f"{where} id {op.id!r} is not an existing experience; known ids: {known}")
+        if sources is not None and isinstance(op, ConsolidatedOp):
+            bad = [s for s in op.sources if s not in sources]
+            if bad:
+                problems.append(f"{where} cites unknown proposals {bad}; the proposals are {', '.join(sources)}")
+    if problems:
+        raise LearnerOutputError("; ".join(problems))
+
+
+# ------------------------------------------------------------ transcripts
+_ROLE = {"user": "Customer", "assistant": "Agent", "tool": "Tool result"}
+
+
+def render_transcript(t: Trajectory, *, max_chars: int = 3000, max_message_chars: int = 400) -> str:
+    """The conversation as ``Customer: ...`` / ``Agent: ...`` lines, shortened to ``max_chars``."""
+    lines = []
+    for m in t.messages:
+        if m.role == "system":
+            continue
+        text = " ".join(m.content.split())
+        if len(text) > max_message_chars:
+            text = text[:max_message_chars] + " [...]"
+        who = _ROLE.get(m.role, m.role) + (f" ({m.name})" if m.role == "tool" and m.name else "")
+        lines.append(f"{who}: {text}")
+    out = "\n".join(lines)
+    if len(out) > max_chars:
+        half = max_chars // 2
+        out = f"{out[:half]}\n[... {len(out) - 2 * half} characters omitted ...]\n{out[-half:]}"
+    return out
+
+
+# ------------------------------------------------------------ proposals
+@dataclass
+class GroupProposal:
+    """What the learner made of one group."""
+
+    scenario_id: str
+    rewards: list[float]
+    strength: float
+    ops: list[Operation] = field(default_factory=list)
+    advantage: str = ""
+    summaries: list[str] = field(default_factory=list)
+    error: str | None = None
+    attempts: int = 0
+
+    def to_json(self, step: int) -> dict[str, Any]:
+        return {"step": step, "scenario_id": self.scenario_id, "rewards": self.rewards, "strength": self.strength,
+                "advantage": self.advantage, "summaries": self.summaries,
+                "operations": [o.model_dump(exclude={"provenance"}, exclude_none=True) for o in self.ops],
+                "error": self.error, "attempts": self.attempts}
+
+
+def _support(op: Operation) -> float:
+    return sum(p.advantage for p in op.provenance)
+
+
+def _merge_prov(ops: Sequence[Operation]) -> list[Provenance]:
+    seen, out = set(), []
+    for o in ops:
+        for p in o.provenance:
+            key = (p.scenario_id, p.step, p.advantage)
+            if key not in seen:
+                seen.add(key)
+                out.append(p)
+    return out
+
+
+def resolve_conflicts(ops: Sequence[Operation]) -> tuple[list[Operation], int]:
+    """Fixed rules for operations on the same experience; returns (ops in apply order, how many were dropped).
+
+    Per target id: DELETE and MODIFY conflict, and the side with the larger total support (sum of its evidence's
+    strengths) wins, MODIFY on a tie; of several MODIFYs the best supported stays; KEEPs fold their evidence into
+    the surviving MODIFY or KEEP and are dropped under a DELETE. ADDs pass (the library merges near-duplicates).
+    Apply order: MODIFY and KEEP, then DELETE, then ADD.
+    """
+    by_id: dict[str, list[Operation]] = {}
+    adds = []
+    for op in ops:
+        if op.op == "ADD":
+            adds.append(op)
+        elif op.id is not None:
+            by_id.setdefault(op.id, []).append(op)
+    changes, deletes, dropped = [], [], 0
+    for target, group in by_id.items():
+        mods = [o for o in group if o.op == "MODIFY"]
+        dels = [o for o in group if o.op == "DELETE"]
+        keeps = [o for o in group if o.op == "KEEP"]
+        best_mod = max(mods, key=_support) if mods else None  # max() keeps the first on ties
+        if dels and (best_mod is None or sum(map(_support, dels)) > _support(best_mod)):
+            deletes.append(Operation(op="DELETE", id=target, provenance=_merge_prov(dels),
+                                     reason="; ".join(o.reason for o in dels if o.reason)))
+            dropped += len(group) - len(dels)
+            continue
+        dropped += len(dels)
+        if best_mod is not None:
+            dropped += len(mods) - 1
+            changes.append(best_mod.model_copy(update={"provenance": _merge_prov([best_mod, *keeps])}))
+        elif keeps:
+            changes.append(Operation(op="KEEP", id=target, provenance=_merge_prov(keeps),
+                                     reason="; ".join(o.reason for o in keeps if o.reason)))
+    return changes + deletes + adds, dropped
+
+
+def consolidate_by_embedding(ops: Sequence[Operation], library: ExperienceLibrary) -> tuple[list[Operation], int]:
+    """Consolidation without a learner call: ADDs whose embeddings are at least ``dedup_threshold`` similar are
+    merged (the best-supported text stays, the evidence is pooled), then :func:`resolve_conflicts`."""
+    adds = sorted((o for o in ops if o.op == "ADD"), key=lambda o: -_support(o))
+    clusters: list[list[Operation]] = []
+    if adds:
+        vecs = library.embed([o.text or "" for o in adds])
+        heads: list[int] = []
+        for i, o in enumerate(adds):
+            for c, h in zip(clusters, heads, strict=True):
+                if (o.domain or "general") == (adds[h].domain or "general") \
+                        and float(vecs[i] @ vecs[h]) >= library.dedup_threshold:
+                    c.append(o)
+                    break
+            else:
+                clusters.append([o])
+                heads.append(i)
+    merged = [c[0].model_copy(update={"provenance": _merge_prov(c)}) for c in clusters]
+    rest = [o for o in ops if o.op != "ADD"]
+    out, dropped = resolve_conflicts(rest + merged)
+    return out, dropped + len(adds) - len(merged)
+
+
+# ------------------------------------------------------------ the learner
+class SemanticLearner:
+    """Asks a ChatModel for summaries, semantic advantages and library operations (see the module docs).
+
+    Args:
+        model: the learner ChatModel.
+        sampling: its sampling parameters (temperature, max_new_tokens).
+        retries: extra attempts after an invalid answer, each with the error fed back.
+        word_limit: most words per experience (the library's).
+        max_ops: most operations one group may propose.
+        summarize: summarise each trajectory first (one call each) instead of showing transcripts.
+        max_chars: transcript length shown per trajectory.
+        library_view: most experiences shown to the learner per group (the most similar to the scenario).
+        concurrency: learner calls in flight at once.
+    """
+
+    def __init__(self, model: Any, *, sampling: SamplingParams, retries: int = 2, word_limit: int = 32,
+                 max_ops: int = 3, summarize: bool = True, max_chars: int = 3000, library_view: int = 20,
+                 concurrency: int = 8) -> None:
+        self.model, self.sampling, self.retries = model, sampling, retries
+        self.word_limit, self.max_ops, self.summarize = word_limit, max_ops, summarize
+        self.max_chars, self.library_view = max_chars, library_view
+        self._sem = asyncio.Semaphore(concurrency)
+        self.stats = {"calls": 0, "retries": 0, "invalid_answers": 0}
+
+    async def ask(self, stage: str, prompt: str, parse: Callable[[str], T], *, seed: int | None = None) -> T:
+        """One exchange with validation and retries; raises LearnerFailed with every error."""
+        messages = [Message(role="system", content=SYSTEM), Message(role="user", content=prompt)]
+        errors: list[str] = []
+        for attempt in range(self.retries + 1):
+            sampling = self.sampling.model_copy(update={"seed": None if seed is None else seed + attempt})
+            async with self._sem:
+                self.stats["calls"] += 1
+                if attempt:
+                    self.stats["retries"] += 1
+                completion = await self.model.chat(messages, sampling=sampling)
+            try:
+                return parse(completion.text)
+            except LearnerOutputError as e:
+                self.stats["invalid_answers"] += 1
+                errors.append(str(e))
+                messages += [Message(role="assistant", content=completion.text),
+                             Message(role="user", content=f"That answer is not valid: {e}. Answer again with the "
+                                                          "corrected JSON object only.")]
+        raise LearnerFailed(stage, errors)
+
+    # ---------------------------------------------------------- one group
+    async def propose(self, group: TrajectoryGroup, library: ExperienceLibrary, *, task: str, domain: str,
+                      strength: float, step: int, seed: int | None = None) -> GroupProposal:
+        scored = sorted((t for t in group.trajectories if t.reward is not None), key=lambda t: -float(t.reward))
+        prop = GroupProposal(scenario_id=group.scenario_id, rewards=[float(t.reward) for t in scored],
+                             strength=strength)
+        calls0 = self.stats["calls"]
+        try:
+            if self.summarize:
+                prop.summaries = list(await asyncio.gather(*(
+                    self.ask(f"summary of {group.scenario_id} T{i + 1}", self._summary_prompt(t, task),
+                             self._parse_summary, seed=None if seed is None else seed + 101 * i)
+                    for i, t in enumerate(scored))))
+            bodies = prop.summaries or [render_transcript(t, max_chars=self.max_chars) for t in scored]
+            view = self._view(library, scored, task, domain)
+            known = [e.id for e in view]
+            answer = await self.ask(f"comparison of {group.scenario_id}",
+                                    self._group_prompt(scored, bodies, view, task, domain),
+                                    lambda text: self._parse_group(text, known), seed=seed)
+        except LearnerFailed as e:
+            prop.error, prop.attempts = str(e), self.stats["calls"] - calls0
+            return prop
+        prop.attempts = self.stats["calls"] - calls0
+        prop.advantage = answer.advantage
+        prov = [Provenance(scenario_id=group.scenario_id, step=step, advantage=strength)]
+        prop.ops = [Operation(op=o.op, id=o.id, text=o.text, domain=domain if o.op == "ADD" else None,
+                              provenance=prov, reason=o.reason or answer.advantage)
+                    for o in answer.operations if not (o.op == "KEEP" and o.id is None)]
+        return prop
+
+    def _view(self, library: ExperienceLibrary, scored: Sequence[Trajectory], task: str, domain: str) -> list[Any]:
+        pool = [e for e in library.experiences if e.domain in (domain, "general")]
+        if len(pool) <= self.library_view:
+            return pool
+        query = task + "\n" + render_transcript(scored[0], max_chars=600)
+        return [e for e, _ in library.similar(query, self.library_view, domain=domain)]
+
+    def _parse_summary(self, text: str) -> str:
+        ans = _validate(SummaryAnswer, extract_json(text))
+        return " ".join(ans.summary.split())
+
+    def _parse_group(self, text: str, known: Sequence[str]) -> GroupAnswer:
+        ans = _validate(GroupAnswer, extract_json(text))
+        check_ops(ans.operations, known_ids=known, word_limit=self.word_limit, max_ops=self.max_ops)
+        return ans
+
+    def _summary_prompt(self, t: Trajectory, task: str) -> str:
+        verdict = "succeeded" if t.outcome and t.outcome.get("success") else "did not succeed"
+        return (f"{task}\n\nConversation (reward {float(t.reward):.3f}; the task {verdict}):\n"
+                f"{render_transcript(t, max_chars=self.max_chars)}\n\n"
+                "Summarise what the agent did at each step and what made the conversation go well or badly, in at "
+                "most 60 words.\n"
+                'Answer with JSON only: {"summary": "..."}')
+
+    def _group_prompt(self, scored: Sequence[Trajectory], bodies: Sequence[str], view: Sequence[Any], task: str,
+                      domain: str) -> str:
+        convs = []
+        for i, (t, body) in enumerate(zip(scored, bodies, strict=True)):
+            verdict = "success" if t.outcome and t.outcome.get("success") else "no success"
+            convs.append(f"[T{i + 1}] reward {float(t.reward):.3f} ({verdict}):\n{body}")
+        lib = "\n".join(f"[{e.id}] {e.text}" for e in view) or "(none yet)"
+        return (f"{task}\n\n{len(scored)} conversations of the agent on this task, best first (higher reward is "
+                "better):\n\n" + "\n\n".join(convs) + f"\n\nCurrent experiences ({domain}):\n{lib}\n\n"
+                "Compare the better conversations with the worse ones. In \"advantage\", say in one or two sentences "
+                "what the better ones did that the worse ones did not. Then propose at most "
+                f"{self.max_ops} operations on the experiences. Each text is a general lesson of at most "
+                f"{self.word_limit} words that helps on similar tasks (no names, numbers or other details of this "
+                "one conversation):\n"
+                '- {"op": "ADD", "text": "..."}: a new lesson\n'
+                '- {"op": "MODIFY", "id": "E1", "text": "..."}: rewrite an experience that is incomplete or wrong\n'
+                '- {"op": "DELETE", "id": "E1"}: remove an experience that misled the worse conversations\n'
+                '- {"op": "KEEP", "id": "E1"}: an experience the better conversations followed\n'
+                'Answer with JSON only: {"advantage": "...", "operations": [...]}')
+
+    # ---------------------------------------------------------- the batch
+    async def consolidate(self, proposals: Sequence[GroupProposal], library: ExperienceLibrary, *,
+                          seed: int | None = None) -> tuple[list[Operation], int]:
+        """One learner call that merges near-duplicate proposals and resolves conflicts; then
+        :func:`resolve_conflicts`. Returns (operations, proposals dropped). Raises LearnerFailed."""
+        flat = [op for p in proposals for op in p.ops]
+        if len(flat) <= 1:
+            return resolve_conflicts(flat)
+        names = [f"P{i + 1}" for i in range(len(flat))]
+        touched = {o.id for o in flat if o.id}
+        view = [e for e in library.experiences if e.id in touched]
+        known = library.ids()
+        answer = await self.ask("consolidation", self._batch_prompt(flat, names, view),
+                                lambda text: self._parse_batch(text, known, names), seed=seed)
+        by_name = dict(zip(names, flat, strict=True))
+        ops, cited = [], set()
+        for o in answer.operations:
+            if o.op == "KEEP" and o.id is None:
+                continue
+            srcs = [by_name[s] for s in o.sources]
+            cited.update(o.sources)
+            domain = next((s.domain for s in srcs if s.domain), None) if o.op == "ADD" else None
+            ops.append(Operation(op=o.op, id=o.id, text=o.text, domain=domain, provenance=_merge_prov(srcs),
+                                 reason=o.reason or "; ".join(s.reason for s in srcs if s.reason)[:500]))
+        out, dropped = resolve_conflicts(ops)
+        return out, dropped + len(set(names) - cited)
+
+    def _parse_batch(self, text: str, known: Sequence[str], names: Sequence[str]) -> BatchAnswer:
+        ans = _validate(BatchAnswer, extract_json(text))
+        check_ops(ans.operations, known_ids=known, word_limit=self.word_limit, sources=names)
+        return ans
+
+    def _batch_prompt(self, flat: Sequence[Operation], names: Sequence[str], view: Sequence[Any]) -> str:
+        lines = []
+        for name, o in zip(names, flat, strict=True):
+            src = ", ".join(f"{p.scenario_id} (strength {p.advantage:.2f})" for p in o.provenance)
+            target = f" {o.id}" if o.id else ""
+            text = f' "{o.text}"' if o.text else ""
+            lines.append(f"[{name}] {o.op}{target}{text}  from {src}")
+        lib = "\n".join(f"[{e.id}] {e.text}" for e in view) or "(none of the proposals touch an existing one)"
+        return ("Experiences the proposals refer to:\n" + lib + "\n\nProposed operations from the comparisons of "
+                "this batch:\n" + "\n".join(lines) + "\n\n"
+                "Consolidate them into the final list of operations: merge proposals that say the same thing into "
+                "one (one ADD with a clear text), drop proposals that contradict a better supported one, and keep "
+                f"the rest. Each text has at most {self.word_limit} words. Every operation lists in \"sources\" "
+                "the proposals it comes from.\n"
+                'Answer with JSON only: {"operations": [{"op": "ADD", "text": "...", "sources": ["P1", "P3"]}, '
+                '{"op": "MODIFY", "id": "E1", "text": "...", "sources": ["P2"]}]}')
