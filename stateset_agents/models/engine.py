@@ -12,6 +12,10 @@ Requests wait in a queue. The engine loop, on one worker thread:
 4. finishes rows on EOS, a stop string or ``max_new_tokens``, resolves their futures, drops them from the
    batch, and trims cache columns that are padding in every remaining row.
 
+Streaming: ``generate(..., on_token=f)`` calls ``f(token_id, logprob)`` on the caller's event loop for every
+sampled token, in order, before the request's result is set. A request whose awaiting task was cancelled (its
+future is cancelled) leaves the batch at the next step instead of decoding to ``max_new_tokens``.
+
 Requests join as others finish: admission happens before every decode step.
 
 Log-probs: for each sampled token, ``log p(token)`` under the distribution it was sampled from: the model's
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +74,8 @@ class _Request:
     """Position id of the next token fed to the model."""
     finish: str | None = None
     text: str = ""
+    on_token: Callable[[int, float], None] | None = None
+    """Called on ``loop`` with each sampled token id and its log-prob (streaming)."""
 
 
 class GenerationEngine:
@@ -105,11 +112,14 @@ class GenerationEngine:
         self._mask: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ public
-    async def generate(self, prompt_ids: list[int], sampling: SamplingParams) -> GenerationResult:
+    async def generate(self, prompt_ids: list[int], sampling: SamplingParams, *,
+                       on_token: Callable[[int, float], None] | None = None) -> GenerationResult:
+        """Generate one completion. ``on_token``, if given, is called on this event loop with each sampled
+        token id and its log-prob as soon as it is sampled (see the module docs)."""
         loop = asyncio.get_running_loop()
         g = torch.Generator(device="cpu")
         g.manual_seed(sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        req = _Request(list(prompt_ids), sampling, loop.create_future(), loop, g)
+        req = _Request(list(prompt_ids), sampling, loop.create_future(), loop, g, on_token=on_token)
         with self._lock:
             self._waiting.append(req)
             self.stats.requests += 1
@@ -119,6 +129,16 @@ class GenerationEngine:
             self._executor.submit(self._run)
         self._wake.set()
         return await req.future
+
+    @property
+    def batch_size(self) -> int:
+        """Requests being decoded right now."""
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for admission."""
+        return len(self._waiting)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -224,6 +244,8 @@ class GenerationEngine:
             r.out_ids.append(token)
             r.logprobs.append(lp)
             self.stats.new_tokens += 1
+            if r.on_token is not None:
+                r.loop.call_soon_threadsafe(r.on_token, token, lp)
             self._check_finished(r)
         done = [r for r in self._active if r.finish is not None]
         if not done:
@@ -247,6 +269,9 @@ class GenerationEngine:
         self._active = [self._active[i] for i in keep]
 
     def _check_finished(self, r: _Request) -> None:
+        if r.future.cancelled():  # nobody waits for it any more: free its row
+            r.finish = "cancelled"
+            return
         s = r.sampling
         token = r.out_ids[-1]
         if token in self.eos:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,10 @@ class HFChatModel:
         return list(ids)
 
     async def chat(self, messages: list[Message], *, sampling: SamplingParams,
-                   tools: list[dict[str, Any]] | None = None) -> Completion:
+                   tools: list[dict[str, Any]] | None = None,
+                   on_token: Callable[[int, float], None] | None = None) -> Completion:
+        """One completion. ``on_token`` (optional, for streaming) is called on this event loop with each
+        sampled token id and its log-prob as it is sampled, before this returns."""
         from ..envs.toolcalls import parse_message
 
         if not messages:
@@ -83,7 +87,7 @@ class HFChatModel:
                              f"model's {limit} positions; shorten the conversation (MultiTurnAgent context_tokens) "
                              "or lower max_new_tokens")
         try:
-            result = await self.engine.generate(prompt, sampling)
+            result = await self.engine.generate(prompt, sampling, on_token=on_token)
         except Exception as e:
             raise ModelError(f"generation with {self.name!r} failed: {type(e).__name__}: {e}") from e
         parsed = parse_message(result.text)
