@@ -206,22 +206,29 @@ class GRPOTrainer:
         return head.weight
 
     # ------------------------------------------------------------------ the run
-    def train(self, *, resume: bool = False) -> dict[str, Any]:
-        """Run to ``max_steps`` (from the last checkpoint when ``resume``); return a summary."""
+    def train(self, *, resume: bool | str = False) -> dict[str, Any]:
+        """Run to ``max_steps`` (from the last checkpoint when ``resume``); return a summary.
+
+        ``resume="auto"``: from the last checkpoint if there is one, else from the start (what the CLI does after a
+        torchrun restart). Resuming drops the lines of ``metrics.jsonl`` after the checkpoint's step, which the
+        interrupted run wrote and this one writes again."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.atrain(resume=resume))
         raise ConfigError("GRPOTrainer.train() was called inside a running event loop; await trainer.atrain()")
 
-    async def atrain(self, *, resume: bool = False) -> dict[str, Any]:
+    async def atrain(self, *, resume: bool | str = False) -> dict[str, Any]:
         cfg = self.config
         if resume:
             ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is None:
+            if ckpt is None and resume != "auto":
                 raise ConfigError(f"--resume: no checkpoint in {str(self.run_dir / 'checkpoints')!r}; "
                                   "start without --resume")
-            self.load_checkpoint(ckpt)
+            if ckpt is not None:
+                self.load_checkpoint(ckpt)
+            if self.dist.is_main:
+                _drop_metrics_after(self.run_dir / "metrics.jsonl", self.step)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
@@ -496,8 +503,7 @@ class GRPOTrainer:
                 self.dist.all_reduce_gradients(self.params)
                 if self.value_head is not None:
                     self.dist.all_reduce_gradients(self.value_head.parameters())
-                norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
-                grad_norms.append(float(norm))
+                grad_norms.append(self.dist.clip_grad_norm(self.params, cfg.max_grad_norm))
                 self.optimizer.step()
                 if self.value_optimizer is not None:
                     self.value_optimizer.step()
@@ -595,7 +601,16 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step-N`` atomically (main process only); keep the newest ``keep_checkpoints``."""
+        """Write ``checkpoints/step-N`` atomically (main process only); keep the newest ``keep_checkpoints``.
+
+        With several processes, first check that they all hold bit-identical trainable weights (their SHA-256
+        digests are recorded in ``trainer_state.json`` under ``replicas``)."""
+        replicas = None
+        if self.dist.distributed:
+            replicas = self.dist.replica_digests((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
+            if len(set(replicas)) > 1:
+                raise TrainingError(f"step {self.step}: the processes hold different weights (digests {replicas}); "
+                                    "data-parallel replicas must stay identical - this is a bug, please report it")
         self.dist.barrier()
         if not self.dist.is_main:
             self.dist.barrier()
@@ -623,7 +638,8 @@ class GRPOTrainer:
             save_file(rt, str(tmp / "rng.safetensors"))
             (tmp / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
             state = {"step": self.step, "scheduler": self.scheduler.state_dict(), "rng": rm,
-                     "is_lora": self.is_lora, "format": "stateset_agents.grpo", "version": 1}
+                     "is_lora": self.is_lora, "format": "stateset_agents.grpo", "version": 1,
+                     "world_size": self.dist.world_size, "replicas": replicas}
             (tmp / "trainer_state.json").write_text(json.dumps(state, default=_json_default), encoding="utf-8")
 
         save_atomically(dest, write)
@@ -677,6 +693,19 @@ class GRPOTrainer:
         restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])
         self.step = int(state["step"])
         self.dist.broadcast_parameters(self.params)
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Keep the metric lines of steps <= ``step`` (atomically: temp file + rename)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    if len(keep) == len([x for x in lines if x.strip()]):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _json_default(o: Any) -> Any:
