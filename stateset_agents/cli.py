@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -93,21 +92,10 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config, output_dir=args.output_dir, max_steps=args.max_steps)
     trainer = build_trainer(config)
     is_main = getattr(getattr(trainer, "dist", None), "is_main", True)
-    resume: bool | str = args.resume
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-    if restarts and config.algorithm == "grpo" and not resume:
-        # torchrun --max-restarts brought the job back after a failure: continue from the last checkpoint.
-        resume = "auto"
     if is_main:
         console.print(f"training {config.algorithm} on {config.env!r} -> {config.output_dir}", highlight=False)
-        if resume == "auto":
-            from .training.checkpoint import latest_checkpoint
-
-            ckpt = latest_checkpoint(config.output_dir)
-            console.print(f"torchrun restart {restarts}: " + (f"resuming from {ckpt}" if ckpt else
-                          "no checkpoint yet, starting from step 0"), highlight=False, soft_wrap=True)
     try:
-        summary = trainer.train(resume=resume)
+        summary = trainer.train(resume=args.resume)
     finally:
         dist = getattr(trainer, "dist", None)
         if dist is not None:
@@ -146,6 +134,11 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     for env in args.env:  # check every input before the (slow) model load
         load_domain(env, split=args.split, limit=args.scenarios, max_turns=args.max_turns)
+    extra = {}
+    if args.experiences is not None:
+        from .training.experience import ExperienceLibrary
+
+        extra["experiences"] = ExperienceLibrary.load(args.experiences)
     reward = None
     if args.reward is not None:
         from .rewards import load_reward
@@ -154,12 +147,15 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     model = load_model(None if args.model == "default" else args.model, model_name=args.model_name)
     try:
         domains = [load_domain(e, split=args.split, limit=args.scenarios, max_turns=args.max_turns, model=model,
-                               sampling=sampling) for e in args.env]
+                               sampling=sampling, **extra) for e in args.env]
         report = asyncio.run(aevaluate_domains(None, domains, k=args.k, reward=reward, seed=args.seed,
                                                concurrency=args.concurrency))
     finally:
         if hasattr(model, "close"):
             model.close()
+    if extra:
+        report = report.model_copy(update={"label": f"experiences {args.experiences} "
+                                                    f"({len(extra['experiences'])} lessons)"})
     console.print(report.table())
     if args.json:
         console.print(f"report: {report.save(args.json)}", highlight=False)
@@ -218,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--concurrency", type=int, default=32, help="episodes in flight at once")
     ev.add_argument("--json", default=None, metavar="OUT", help="write the full report (every trial) as JSON")
+    ev.add_argument("--experiences", default=None, metavar="PATH",
+                    help="an experience library (Training-Free GRPO) injected into the agent's prompt")
     ev.set_defaults(func=_eval)
     return parser
 

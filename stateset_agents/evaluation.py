@@ -232,6 +232,8 @@ class EvalReport(_Strict):
     model: str | None = None
     reward: str | None = None
     """The RewardFunction's name, if one scored the trials."""
+    label: str | None = None
+    """Free text shown in the table title (the CLI puts the experience library here)."""
     results: list[ScenarioResult]
     elapsed_s: float = 0.0
 
@@ -311,7 +313,7 @@ class EvalReport(_Strict):
             raise ConfigError("merge() needs at least one report (one per rank)")
         first = reports[0]
         for r in reports[1:]:
-            for field in ("k", "seed", "world_size", "domains", "total_scenarios", "model", "reward"):
+            for field in ("k", "seed", "world_size", "domains", "total_scenarios", "model", "reward", "label"):
                 if getattr(r, field) != getattr(first, field):
                     raise ConfigError(f"cannot merge shards with different {field}: {getattr(first, field)!r} "
                                       f"(rank {first.rank}) vs {getattr(r, field)!r} (rank {r.rank}); merge only "
@@ -338,7 +340,7 @@ class EvalReport(_Strict):
         shard = f", shard {self.rank}/{self.world_size}" if self.world_size > 1 else ""
         cols = self._rows()
         t = Table(title=f"evaluation: k={self.k}, seed={self.seed}{shard}"
-                  + (f", model {self.model}" if self.model else ""),
+                  + (f", model {self.model}" if self.model else "") + (f", {self.label}" if self.label else ""),
                   caption=f"reward: {self.reward}" if self.reward else "no reward function")
         t.add_column("metric")
         for c in cols:

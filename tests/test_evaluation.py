@@ -326,3 +326,45 @@ def test_cli_eval_bad_input_exits_2(capsys):
     assert "scenarios=999 but split 'test' of pack 'customer_service' has" in capsys.readouterr().out
     assert main(["eval", "--env", "customer_servic"]) == 2
     assert "Did you mean 'customer_service'" in capsys.readouterr().out
+
+
+class _OneHot:
+    """A stand-in embedder for building a library in a test: distinct texts get orthogonal unit vectors."""
+
+    def __init__(self):
+        self.ids = {}
+
+    def encode(self, texts):
+        import numpy as np
+
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, t in enumerate(texts):
+            out[i, self.ids.setdefault(t, len(self.ids))] = 1.0
+        return out
+
+
+def _library(tmp_path):
+    from stateset_agents.training.experience import ExperienceLibrary
+
+    lib = ExperienceLibrary().use_embedder(_OneHot())
+    lib.add("Ask for the order number before looking anything up.", domain="customer_service", step=0)
+    return lib.save(tmp_path / "experiences.json")
+
+
+def test_load_domain_gives_the_agent_an_experience_library(tiny_model, tmp_path):
+    from stateset_agents.training.experience import ExperienceLibrary
+
+    lib = ExperienceLibrary.load(_library(tmp_path))
+    d = load_domain("customer_service", limit=1, model=tiny_model, experiences=lib)
+    assert d.agent.experiences is lib and d.agent.domain == "customer_service"
+    prompt = d.agent.build_prompt([], None)
+    assert "Ask for the order number before looking anything up." in prompt[0].content
+
+
+def test_cli_eval_with_experiences(tiny_model_path, tmp_path):
+    path, out = _library(tmp_path), tmp_path / "eval.json"
+    rc = main(["eval", "--model", str(tiny_model_path), "--k", "1", "--scenarios", "1", "--max-turns", "2",
+               "--max-new-tokens", "8", "--experiences", str(path), "--json", str(out)])
+    assert rc == 0
+    assert EvalReport.load(out).label == f"experiences {path} (1 lessons)"
+    assert main(["eval", "--experiences", str(tmp_path / "missing.json")]) == 2
