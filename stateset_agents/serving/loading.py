@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,5 +114,7 @@ def load_served_model(spec: str | os.PathLike[str], *, name: str | None = None, 
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     tokenizer = AutoTokenizer.from_pretrained(src.base)
     base = AutoModelForCausalLM.from_pretrained(src.base, dtype=dtypes[dtype])
-    merged = PeftModel.from_pretrained(base, src.path).merge_and_unload()
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        merged = PeftModel.from_pretrained(base, src.path).merge_and_unload()
     return HFChatModel(model=merged.to(device), tokenizer=tokenizer, max_batch_size=max_batch_size, name=src.name)
