@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -92,10 +93,21 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config, output_dir=args.output_dir, max_steps=args.max_steps)
     trainer = build_trainer(config)
     is_main = getattr(getattr(trainer, "dist", None), "is_main", True)
+    resume: bool | str = args.resume
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restarts and config.algorithm == "grpo" and not resume:
+        # torchrun --max-restarts brought the job back after a failure: continue from the last checkpoint.
+        resume = "auto"
     if is_main:
         console.print(f"training {config.algorithm} on {config.env!r} -> {config.output_dir}", highlight=False)
+        if resume == "auto":
+            from .training.checkpoint import latest_checkpoint
+
+            ckpt = latest_checkpoint(config.output_dir)
+            console.print(f"torchrun restart {restarts}: " + (f"resuming from {ckpt}" if ckpt else
+                          "no checkpoint yet, starting from step 0"), highlight=False, soft_wrap=True)
     try:
-        summary = trainer.train(resume=args.resume)
+        summary = trainer.train(resume=resume)
     finally:
         dist = getattr(trainer, "dist", None)
         if dist is not None:
