@@ -292,8 +292,16 @@ class SemanticLearner:
         self.model, self.sampling, self.retries = model, sampling, retries
         self.word_limit, self.max_ops, self.summarize = word_limit, max_ops, summarize
         self.max_chars, self.library_view = max_chars, library_view
-        self._sem = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self._sems: dict[int, asyncio.Semaphore] = {}
         self.stats = {"calls": 0, "retries": 0, "invalid_answers": 0}
+
+    def _sem(self) -> asyncio.Semaphore:
+        # one semaphore per event loop: train() and evaluation may run in different loops
+        key = id(asyncio.get_running_loop())
+        if key not in self._sems:
+            self._sems = {key: asyncio.Semaphore(self.concurrency)}
+        return self._sems[key]
 
     async def ask(self, stage: str, prompt: str, parse: Callable[[str], T], *, seed: int | None = None) -> T:
         """One exchange with validation and retries; raises LearnerFailed with every error."""
@@ -301,7 +309,7 @@ class SemanticLearner:
         errors: list[str] = []
         for attempt in range(self.retries + 1):
             sampling = self.sampling.model_copy(update={"seed": None if seed is None else seed + attempt})
-            async with self._sem:
+            async with self._sem():
                 self.stats["calls"] += 1
                 if attempt:
                     self.stats["retries"] += 1
@@ -325,10 +333,14 @@ class SemanticLearner:
         calls0 = self.stats["calls"]
         try:
             if self.summarize:
-                prop.summaries = list(await asyncio.gather(*(
+                results = await asyncio.gather(*(
                     self.ask(f"summary of {group.scenario_id} T{i + 1}", self._summary_prompt(t, task),
                              self._parse_summary, seed=None if seed is None else seed + 101 * i)
-                    for i, t in enumerate(scored))))
+                    for i, t in enumerate(scored)), return_exceptions=True)
+                for r in results:  # wait for all, then report the first failure (other exceptions propagate)
+                    if isinstance(r, BaseException):
+                        raise r
+                prop.summaries = [str(r) for r in results]
             bodies = prop.summaries or [render_transcript(t, max_chars=self.max_chars) for t in scored]
             view = self._view(library, scored, task, domain)
             known = [e.id for e in view]

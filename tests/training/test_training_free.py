@@ -186,6 +186,21 @@ def test_embedding_consolidation_merges_near_duplicates_without_a_learner_call(t
     assert m["ops/ADD"] == 1 and m["conflicts_dropped"] == 1
 
 
+def test_a_summary_that_never_validates_skips_its_group(tiny_model, tmp_path):
+    def respond(stage, messages):
+        if stage == "summary":
+            return '{"summary": ""}' if "toy 0." in messages[1].content else answer({"summary": "fine"})
+        return answer({"advantage": "a", "operations": [{"op": "ADD", "text": "Answer in full sentences."}]})
+
+    learner = ScriptedLearner(respond)
+    trainer = make(tiny_model, tmp_path, learner, consolidation="embedding", epochs=1)
+    trainer.train()
+    [m] = rows(tmp_path / "run" / "metrics.jsonl")
+    assert m["groups_skipped"] == 1 and m["learner_errors"] == 1 and trainer.library.ids() == ["E1"]
+    [err] = [r["error"] for r in rows(tmp_path / "run" / "learner.jsonl") if r.get("error")]
+    assert err.startswith("summary of toy-000 T") and "summary: String should have at least 1 character" in err
+
+
 def state_learner():
     """Answers from what the prompt shows, so two runs in different processes answer alike."""
 
