@@ -128,6 +128,8 @@ class GRPOConfig(BaseModel):
     """Module names that get adapters."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
+    fsdp: bool = False
+    """Full fine-tune with FSDP2 under torchrun: weights, gradients and AdamW state sharded over processes."""
     seed: int = 0
     """Seeds scenario draws, rollouts, sampling and initialisation."""
 
@@ -167,6 +169,13 @@ class GRPOConfig(BaseModel):
             raise ValueError(f"scenarios has duplicates: {self.scenarios}; list each id once")
         if self.use_lora and not self.lora_target_modules:
             raise ValueError("use_lora is on but lora_target_modules is empty; name the modules to adapt")
+        if self.fsdp and self.use_lora:
+            raise ValueError("fsdp shards a full fine-tune; LoRA adapters are small enough to replicate: "
+                             "set use_lora: false, or fsdp: false")
+        if self.fsdp and (self.beta > 0 or self.advantage_estimator == "gae"):
+            raise ValueError(f"fsdp supports beta: 0 and advantage_estimator: grpo only (got beta={self.beta}, "
+                             f"advantage_estimator={self.advantage_estimator!r}); a sharded reference model and "
+                             "value head are not implemented - set beta: 0 and advantage_estimator: grpo")
         return self
 
     @property

@@ -134,6 +134,12 @@ class GRPOTrainer:
             raise ConfigError("the policy has no trainable parameters; check use_lora / lora_target_modules")
         self.params = params
         self.dist.broadcast_parameters(self.params)
+        self.fsdp: Any = None
+        if config.fsdp:  # shard the full model over the processes (see training/fsdp.py)
+            from .fsdp import FSDPPolicy
+
+            self.fsdp = FSDPPolicy(self._causal_lm(self.model), self.dist, pad_id=self._pad_id())
+            params = self.params = self.fsdp.params
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.adam_betas,
                                            weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
@@ -458,6 +464,8 @@ class GRPOTrainer:
             return {"loss": None, "kl": None, "clip_fraction": None, "entropy": None, "mean_ratio": None,
                     "grad_norm": None, "value_loss": None, "loss_tokens": 0, "optimizer_updates": 0,
                     "_time": time.perf_counter() - t0}
+        if self.fsdp is not None:
+            self.fsdp.shard()
         per_update = cfg.gradient_accumulation_steps or n_mb
         sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "tokens": 0.0, "weighted_ratio": 0.0,
                 "value_loss": 0.0, "value_rows": 0.0}
@@ -471,13 +479,11 @@ class GRPOTrainer:
                     self.value_optimizer.zero_grad(set_to_none=False)
                 for j in range(start, min(start + per_update, n_mb)):
                     if j >= len(mbs):
+                        if self.fsdp is not None:  # every process must join every FSDP collective
+                            self.fsdp.idle_pass(cfg.temperature, cfg.logprob_chunk_size)
                         continue
                     b = collate(mbs[j], self._pad_id(), self.device)
-                    hidden = self._forward_hidden(self.model, b.input_ids, b.attention_mask)
-                    head_weight = self._head_weight(self.model)
-                    logp, ent = token_logprobs(hidden[b.rows, b.positions], head_weight, b.targets,
-                                               temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size,
-                                               with_entropy=True)
+                    hidden, logp, ent = self._policy_logprobs(b)
                     per_token, clipped = clipped_surrogate(
                         logp, b.old_logprobs, b.advantages, epsilon=cfg.epsilon, epsilon_high=cfg.clip_high,
                         level=cfg.importance_sampling_level, seq_index=b.rows)
@@ -510,6 +516,8 @@ class GRPOTrainer:
                 updates += 1
         self.model.eval()
         del head_weight
+        if self.fsdp is not None:
+            self.fsdp.gather()  # whole weights again for the next rollout
         totals = self.dist.all_reduce_sum(list(sums.values()))
         s = dict(zip(sums.keys(), totals, strict=True))
         tok = max(s["tokens"], 1.0)
@@ -525,6 +533,16 @@ class GRPOTrainer:
             "optimizer_updates": updates,
             "_time": time.perf_counter() - t0,
         }
+
+    def _policy_logprobs(self, b: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The policy's hidden states, log-probs of the loss tokens and entropies for a collated batch."""
+        cfg = self.config
+        if self.fsdp is not None:
+            return self.fsdp.forward(b, cfg.temperature, cfg.logprob_chunk_size)
+        hidden = self._forward_hidden(self.model, b.input_ids, b.attention_mask)
+        logp, ent = token_logprobs(hidden[b.rows, b.positions], self._head_weight(self.model), b.targets,
+                                   temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size, with_entropy=True)
+        return hidden, logp, ent
 
     # ------------------------------------------------------------------ metrics
     def _metrics(self, step: int, groups: Sequence[TrajectoryGroup], trajs: list[Trajectory], zero_var: set[int],
@@ -606,11 +624,12 @@ class GRPOTrainer:
         With several processes, first check that they all hold bit-identical trainable weights (their SHA-256
         digests are recorded in ``trainer_state.json`` under ``replicas``)."""
         replicas = None
-        if self.dist.distributed:
+        if self.dist.distributed and self.fsdp is None:
             replicas = self.dist.replica_digests((n, p) for n, p in self.model.named_parameters() if p.requires_grad)
             if len(set(replicas)) > 1:
                 raise TrainingError(f"step {self.step}: the processes hold different weights (digests {replicas}); "
                                     "data-parallel replicas must stay identical - this is a bug, please report it")
+        full = self.fsdp.full_state(self.optimizer) if self.fsdp is not None else None  # collective
         self.dist.barrier()
         if not self.dist.is_main:
             self.dist.barrier()
@@ -623,9 +642,14 @@ class GRPOTrainer:
             if self.is_lora:
                 self.model.save_pretrained(tmp)
             else:
-                self.model.save_pretrained(tmp, safe_serialization=True)
+                self.model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": full[0]} if full else {}))
                 self.tokenizer.save_pretrained(tmp)
-            ot, om = optimizer_tensors(self.optimizer)
+            if full is not None:
+                from .fsdp import optimizer_state_to_files
+
+                ot, om = optimizer_state_to_files(full[1])
+            else:
+                ot, om = optimizer_tensors(self.optimizer)
             save_file(ot, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(om), encoding="utf-8")
             if self.value_head is not None and self.value_optimizer is not None:
@@ -639,7 +663,7 @@ class GRPOTrainer:
             (tmp / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
             state = {"step": self.step, "scheduler": self.scheduler.state_dict(), "rng": rm,
                      "is_lora": self.is_lora, "format": "stateset_agents.grpo", "version": 1,
-                     "world_size": self.dist.world_size, "replicas": replicas}
+                     "world_size": self.dist.world_size, "replicas": replicas, "fsdp": self.fsdp is not None}
             (tmp / "trainer_state.json").write_text(json.dumps(state, default=_json_default), encoding="utf-8")
 
         save_atomically(dest, write)
@@ -662,6 +686,9 @@ class GRPOTrainer:
         if state.get("is_lora") != self.is_lora:
             raise ConfigError(f"checkpoint {str(path)!r} has is_lora={state.get('is_lora')} but this run has "
                               f"use_lora={self.is_lora}; resume with the same config")
+        if state.get("fsdp", False) and self.fsdp is None:
+            raise ConfigError(f"checkpoint {str(path)!r} was written with fsdp: true (optimiser state by parameter "
+                              "name); resume it with fsdp: true")
         if self.is_lora:
             from peft import set_peft_model_state_dict
 
@@ -678,13 +705,21 @@ class GRPOTrainer:
                 with safe_open(str(f), framework="pt") as h:
                     for k in h.keys():  # noqa: SIM118 (safe_open handles are not mappings)
                         sd[k] = h.get_tensor(k)
-            missing, unexpected = self.model.load_state_dict(sd, strict=False)
-            bad = [k for k in missing if "lm_head" not in k]
-            if bad or unexpected:
-                raise ConfigError(f"checkpoint {str(path)!r} does not match the model: missing {bad[:5]}, "
-                                  f"unexpected {unexpected[:5]}")
-        load_optimizer(self.optimizer, load_file(str(path / "optimizer.safetensors")),
-                       json.loads((path / "optimizer.json").read_text(encoding="utf-8")))
+            if self.fsdp is not None:
+                from .fsdp import optimizer_state_from_files
+
+                self.fsdp.load_full_state(sd, self.optimizer, optimizer_state_from_files(
+                    load_file(str(path / "optimizer.safetensors")),
+                    json.loads((path / "optimizer.json").read_text(encoding="utf-8"))))
+            else:
+                missing, unexpected = self.model.load_state_dict(sd, strict=False)
+                bad = [k for k in missing if "lm_head" not in k]
+                if bad or unexpected:
+                    raise ConfigError(f"checkpoint {str(path)!r} does not match the model: missing {bad[:5]}, "
+                                      f"unexpected {unexpected[:5]}")
+        if self.fsdp is None:
+            load_optimizer(self.optimizer, load_file(str(path / "optimizer.safetensors")),
+                           json.loads((path / "optimizer.json").read_text(encoding="utf-8")))
         if self.value_head is not None and self.value_optimizer is not None:
             self.value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
             load_optimizer(self.value_optimizer, load_file(str(path / "value_optimizer.safetensors")),
@@ -692,7 +727,8 @@ class GRPOTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])
         self.step = int(state["step"])
-        self.dist.broadcast_parameters(self.params)
+        if self.fsdp is None:
+            self.dist.broadcast_parameters(self.params)
 
 
 def _drop_metrics_after(path: Path, step: int) -> None:
