@@ -103,6 +103,11 @@ def _alive(pid: int | None, run_dir: str) -> bool:
     return True
 
 
+def _is_path(value: str) -> bool:
+    """A config value that names a file or folder (rather than a built-in name)."""
+    return "/" in value or os.sep in value or value.startswith((".", "~")) or Path(value).exists()
+
+
 def _read_exit(run_dir: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return int(json.loads((run_dir / "exit.json").read_text(encoding="utf-8"))["returncode"])
@@ -170,7 +175,7 @@ class JobManager:
 
     def validate(self, req: JobRequest, run_dir: Path) -> Any:
         """The loaded config with every named path checked and made absolute (400 naming the field otherwise)."""
-        from ..envs.pack import builtin_pack_dirs, load_pack
+        from ..envs.pack import load_pack
         from ..rewards.presets import preset_path
         from ..training import load_config
 
@@ -191,9 +196,7 @@ class JobManager:
         learner = getattr(cfg, "learner", None)
         if isinstance(learner, str) and learner not in ("same", "default"):
             updates["learner"] = str(self._allowed(learner, "config.learner"))
-        if cfg.env in builtin_pack_dirs() and not (Path(cfg.env) / "pack.yaml").is_file():
-            pass  # a built-in pack name
-        else:
+        if _is_path(cfg.env):  # a built-in name, or another name (left to load_pack's error), is not a path
             updates["env"] = str(self._allowed(cfg.env, "config.env"))
         if Path(cfg.reward).suffix in (".yaml", ".yml"):
             updates["reward"] = str(self._allowed(cfg.reward, "config.reward"))
