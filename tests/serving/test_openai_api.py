@@ -153,6 +153,8 @@ def test_auth_is_required_everywhere_but_healthz(server):
     with openai.OpenAI(base_url=server.url + "/v1", api_key="wrong-key-123", max_retries=0) as oai, \
             pytest.raises(openai.AuthenticationError):
         oai.models.list()
+    spec = httpx.get(server.url + "/openapi.json", headers=AUTH).json()  # the API's own description, with the key
+    assert {"/v1/chat/completions", "/api/conversations", "/api/jobs", "/metrics"} <= set(spec["paths"])
 
 
 def test_config_refuses_an_open_bind_without_a_key(tmp_path):
