@@ -9,6 +9,8 @@
     stateset-agents report RUN_DIR            plot a run's reward components over steps (RUN_DIR/plot.png)
     stateset-agents eval --env NAME [--k 4] [--json OUT]
                                               success rate, reward, pass@k and pass^k on a split
+    stateset-agents serve [--model default|PATH|RUN_DIR] [--port 8000]
+                                              OpenAI-compatible chat, conversations, training jobs, metrics
 """
 
 from __future__ import annotations
@@ -174,6 +176,12 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    from .serving.cli import run
+
+    return run(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stateset-agents", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--experiences", default=None, metavar="PATH",
                     help="an experience library (Training-Free GRPO) injected into the agent's prompt")
     ev.set_defaults(func=_eval)
+    srv = sub.add_parser("serve", help="HTTP service: OpenAI-compatible chat, conversations, training jobs, metrics "
+                                       "(extra 'serve'; see docs/serving.md)")
+    from .serving.cli import add_arguments as _serve_arguments
+
+    _serve_arguments(srv)
+    srv.set_defaults(func=_serve)
     return parser
 
 
