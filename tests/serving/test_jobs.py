@@ -33,7 +33,7 @@ def job_env(tmp_path_factory, tiny_model_path):
     (root / "allowed").mkdir()
     (root / "allowed" / "reward.yaml").write_text(REWARD)
     (root / "outside.yaml").write_text("max_steps: 1\n")
-    config = make_config(root, allowed_dirs=[root / "allowed", tiny_model_path, TOY], max_active_jobs=2,
+    config = make_config(root, allowed_dirs=[root / "allowed", tiny_model_path, TOY], max_active_jobs=3,
                          job_cancel_grace_s=10)
     base = {"model": str(tiny_model_path), "env": str(TOY), "reward": str(root / "allowed" / "reward.yaml"),
             "max_steps": 2, "max_new_tokens": 4, "group_size": 2, "scenarios_per_step": 1, "eval_before": False,
@@ -135,8 +135,10 @@ def test_jobs_run_stream_cancel_and_survive_restarts(job_env, tiny_model):
         assert ok.status_code == 201 and ok.json()["status"] == "running"
         ok = ok.json()
         long = c.post("/api/jobs", json={"config": base, "overrides": {"max_steps": 500}}).json()
+        # valid as a config, but the trainer refuses it: the job fails with its exit code and its log's tail
+        bad = c.post("/api/jobs", json={"config": base, "overrides": {"scenarios": ["nope-1"]}}).json()
         busy = c.post("/api/jobs", json={"config": base})
-        assert busy.status_code == 409 and "the limit is 2 (max_active_jobs)" in busy.json()["error"]["message"]
+        assert busy.status_code == 409 and "the limit is 3 (max_active_jobs)" in busy.json()["error"]["message"]
 
         # 1. progress over the WebSocket, from the first metrics line to the end
         events = _events(s.url, ok["id"])
@@ -149,6 +151,10 @@ def test_jobs_run_stream_cancel_and_survive_restarts(job_env, tiny_model):
         assert (done["status"], done["returncode"], done["step"], done["error"]) == ("succeeded", 0, 2, None)
         assert done["latest_metrics"]["step"] == 2 and Path(done["run_dir"], "metrics.jsonl").is_file()
         assert Path(done["run_dir"]).parent == config.runs_dir
+        failed = _wait(lambda: (j := c.get(f"/api/jobs/{bad['id']}").json())["status"] != "running" and j)
+        assert (failed["status"], failed["returncode"]) == ("failed", 2)
+        assert failed["error"].startswith("train exited with code 2; last lines of ")
+        assert "nope-1" in failed["error"]  # the trainer's own message, from the log
 
         # 2. the long job is mid-run: stop the server; the job keeps running
         _wait(lambda: c.get(f"/api/jobs/{long['id']}").json()["step"] >= 1)
@@ -180,7 +186,8 @@ def test_jobs_run_stream_cancel_and_survive_restarts(job_env, tiny_model):
         assert "ended without recording an exit status" in failed["error"]
         assert "training grpo on" in failed["error"]  # the tail of its log
         statuses = {j["id"]: j["status"] for j in c.get("/api/jobs").json()["data"]}
-        assert statuses == {ok["id"]: "succeeded", long["id"]: "cancelled", doomed["id"]: "failed"}
+        assert statuses == {ok["id"]: "succeeded", long["id"]: "cancelled", doomed["id"]: "failed",
+                            bad["id"]: "failed"}
         assert "stateset_jobs_active 0.0" in c.get("/metrics").text
         events = _events(s.url, doomed["id"])  # a finished job's stream: its status, then it closes
         assert events[-1]["status"] == "failed"

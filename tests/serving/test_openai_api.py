@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import openai
@@ -240,3 +241,23 @@ def test_metrics_in_prometheus_format(client):
     assert samples["stateset_engine_new_tokens_total"] >= 8
     assert samples["stateset_engine_requests_total"] >= 2
     assert samples["stateset_chat_time_to_first_token_seconds_count"] >= 1
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_engine_row(tmp_path, tiny_model):
+    engine = tiny_model.engine
+    with ServerThread(make_config(tmp_path, max_tokens_limit=1900), model=tiny_model) as s:
+        before = engine.stats.new_tokens
+        body = {"model": "default", "messages": HI, "max_tokens": 1900, "temperature": 1.0, "stream": True}
+        with httpx.Client(base_url=s.url, headers=AUTH, timeout=60) as c, \
+                c.stream("POST", "/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()
+            while not next(lines).startswith('data: {"id"'):
+                pass
+        # the connection is closed: within a few decode steps the engine drops the request
+        deadline = time.monotonic() + 30
+        while (engine.batch_size or s.service.inflight) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.batch_size == 0 and s.service.inflight == 0
+        assert engine.stats.new_tokens - before < 1900
+        metrics = httpx.get(s.url + "/metrics", headers=AUTH).text
+        assert 'stateset_http_requests_total{method="POST",route="/v1/chat/completions",status="499"} 1.0' in metrics
