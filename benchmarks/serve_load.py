@@ -10,7 +10,8 @@ and the engine's batch size (the ``stateset_engine_batch_size`` gauge of ``/metr
 mean and max). ``--stream`` streams the replies and also reports the time to
 the first content chunk.
 
-Run:  .venv/bin/python benchmarks/serve_load.py [--duration 20] [--levels 1 8 32] [--json OUT]
+Run:  .venv/bin/python benchmarks/serve_load.py [--duration 20] [--levels 1 8 32] [--threads 1] [--json OUT]
+(``--json`` appends the run to the file's ``runs``.)
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, key: str, state: Path, max_batch_size: int) -> subprocess.Popen:
+def start_server(port: int, key: str, state: Path, max_batch_size: int, threads: int | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "stateset_agents", "serve", "--model", "default", "--port", str(port),
            "--state-dir", str(state / "state"), "--runs-dir", str(state / "runs"), "--max-batch-size",
-           str(max_batch_size), "--log-level", "warning"]
+           str(max_batch_size), "--log-level", "warning"] + (["--threads", str(threads)] if threads else [])
     return subprocess.Popen(cmd, env={**os.environ, "STATESET_API_KEY": key}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -162,6 +163,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=20.0, help="seconds each level sends new requests")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-batch-size", type=int, default=32, help="the server's engine batch bound")
+    ap.add_argument("--threads", type=int, default=None, help="the server's torch threads (serve --threads)")
     ap.add_argument("--stream", action="store_true", help="stream replies (SSE) and report time to first token")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args()
@@ -170,7 +172,7 @@ def main() -> None:
     key, port = secrets.token_urlsafe(24), _free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
-        proc = start_server(port, key, Path(tmp), args.max_batch_size)
+        proc = start_server(port, key, Path(tmp), args.max_batch_size, args.threads)
         try:
             t0 = time.perf_counter()
             wait_healthy(url, proc)
@@ -189,8 +191,9 @@ def main() -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    result = {"benchmark": "serve_load", "model": "SmolLM2-135M-Instruct (fp32, CPU)",
-              "server": f"stateset-agents serve --max-batch-size {args.max_batch_size} (API key on)",
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": "SmolLM2-135M-Instruct (fp32, CPU)",
+              "server": f"stateset-agents serve --max-batch-size {args.max_batch_size}"
+                        + (f" --threads {args.threads}" if args.threads else "") + " (API key on)",
               "max_tokens": args.max_tokens, "temperature": 0.7, "stream": args.stream,
               "duration_per_level_s": args.duration, "server_startup_s": round(startup, 1),
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -201,9 +204,12 @@ def main() -> None:
         print(f"{lv['concurrency']:>7} {lv['requests_per_s']:>7} {lv['new_tokens_per_s']:>9} "
               f"{lv['p50_latency_s']!s:>7} {lv['p95_latency_s']!s:>7} {lv['errors']:>6} "
               f"{lv['engine_batch_mean']!s:>5}/{lv['engine_batch_max']!s:<3}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"written: {args.json}")
+    if args.json:  # one file holds every run: a new run is appended to its "runs"
+        out = Path(args.json)
+        data = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else {"benchmark": "serve_load", "runs": []}
+        data["runs"].append(result)
+        out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        print(f"written: {args.json} (run {len(data['runs'])})")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,10 @@ class Service:
         self.conversations = ConversationStore(self.db)
         self.jobs = JobManager(self.db, self.config, self.metrics)
         await self.jobs.recover()
+        if self.config.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.config.threads)
         if self.model is None:
             from .loading import load_served_model
 

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--max-batch-size", type=int, default=32, help="sequences the engine decodes together")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: one per core; 1 on a machine shared with other busy processes)")
     p.add_argument("--state-dir", default=".stateset/serve", help="where the SQLite database lives")
     p.add_argument("--runs-dir", default="runs/jobs", help="where training jobs write their run folders")
     p.add_argument("--allowed-dir", action="append", default=[], metavar="DIR",
@@ -46,8 +48,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         return ServeConfig(
             host=args.host, port=args.port, api_key=os.environ.get(args.api_key_env) or None,
             allow_no_auth=args.allow_no_auth, model=args.model, model_name=args.model_name, device=args.device,
-            dtype=args.dtype, max_batch_size=args.max_batch_size, state_dir=args.state_dir, runs_dir=args.runs_dir,
-            allowed_dirs=args.allowed_dir, max_active_jobs=args.max_active_jobs,
+            dtype=args.dtype, max_batch_size=args.max_batch_size, threads=args.threads, state_dir=args.state_dir,
+            runs_dir=args.runs_dir, allowed_dirs=args.allowed_dir, max_active_jobs=args.max_active_jobs,
             max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, "serve options")) from e

@@ -51,6 +51,9 @@ class ServeConfig(BaseModel):
     """``float32``, ``bfloat16`` or ``float16``."""
     max_batch_size: int = Field(default=32, ge=1)
     """Most sequences the engine decodes together."""
+    threads: int | None = Field(default=None, ge=1)
+    """torch's intra-op CPU threads (default: torch's choice, one per core). On a machine shared with other busy
+    processes, 1 avoids threads waiting for each other at every operation."""
 
     # ------------------------------------------------------------ state
     state_dir: Path = Path(".stateset/serve")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Database"]
+__all__ = ["Database", "dumps"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
