@@ -23,10 +23,10 @@ def test_options_become_a_serve_config(tmp_path, monkeypatch):
     monkeypatch.setenv("MY_KEY", API_KEY)
     args = build_parser().parse_args(["serve", "--model", "runs/x", "--port", "9001", "--api-key-env", "MY_KEY",
                                       "--state-dir", str(tmp_path), "--allowed-dir", "configs",
-                                      "--allowed-dir", "models", "--max-tokens-limit", "256"])
+                                      "--allowed-dir", "models", "--max-tokens-limit", "256", "--threads", "1"])
     cfg = config_from_args(args)
-    assert (cfg.model, cfg.port, cfg.api_key, cfg.host, cfg.max_tokens_limit) == ("runs/x", 9001, API_KEY,
-                                                                                  "127.0.0.1", 256)
+    assert (cfg.model, cfg.port, cfg.api_key, cfg.host, cfg.max_tokens_limit, cfg.threads) == (
+        "runs/x", 9001, API_KEY, "127.0.0.1", 256, 1)
     assert [p.name for p in cfg.allowed_dirs] == ["configs", "models"] and cfg.state_dir == tmp_path
     monkeypatch.delenv("MY_KEY")
     open_bind = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--api-key-env", "MY_KEY"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets.sync.client as ws_client
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .conftest import AUTH, make_config
 from .harness import ServerThread
@@ -122,8 +122,15 @@ def test_config_files_must_lie_under_the_allowed_folders(job_env, tiny_model):
         r = c.post("/api/jobs", json={"config": {}, "extra": 1})
         assert r.status_code == 400 and r.json()["error"]["param"] == "extra"
         assert c.get("/api/jobs/job_nope").status_code == 404
-        with pytest.raises(InvalidStatus):  # the WebSocket needs the key too
+        with pytest.raises(InvalidStatus) as refused:  # the WebSocket needs the key too
             ws_client.connect(s.url.replace("http://", "ws://") + "/ws/jobs/job_nope", proxy=None)
+        assert refused.value.response.status_code == 403
+        with _ws(s.url, "job_nope") as ws:  # with the key: an unknown job is an error event and close code 4404
+            assert json.loads(ws.recv()) == {"event": "error", "message": "no job 'job_nope'; GET /api/jobs lists "
+                                                                          "the jobs"}
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv()
+            assert closed.value.rcvd.code == 4404
 
 
 # ---------------------------------------------------------------- real jobs
