@@ -261,3 +261,17 @@ def test_a_client_that_leaves_mid_stream_frees_its_engine_row(tmp_path, tiny_mod
         assert engine.stats.new_tokens - before < 1900
         metrics = httpx.get(s.url + "/metrics", headers=AUTH).text
         assert 'stateset_http_requests_total{method="POST",route="/v1/chat/completions",status="499"} 1.0' in metrics
+
+
+def test_generations_beyond_max_pending_get_429(tmp_path, tiny_model):
+    with ServerThread(make_config(tmp_path, max_tokens_limit=1900, max_pending=1), model=tiny_model) as s, \
+            httpx.Client(base_url=s.url, headers=AUTH, timeout=60) as c:
+        body = {"model": "default", "messages": HI, "max_tokens": 1900, "stream": True}
+        with c.stream("POST", "/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()
+            while not next(lines).startswith('data: {"id"'):
+                pass
+            busy = c.post("/v1/chat/completions", json={"model": "default", "messages": HI, "max_tokens": 4})
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+            assert busy.json()["error"]["code"] == "server_busy"
+            assert "the limit is 1 (max_pending)" in busy.json()["error"]["message"]
