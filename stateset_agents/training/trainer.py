@@ -53,6 +53,7 @@ from .checkpoint import (
 from .config import GRPOConfig
 from .dist import DistContext
 from .losses import clipped_surrogate, gae, group_advantages, k3_kl, loss_weights, token_logprobs
+from .prefix import PrefixBatch, collate_shared_prefix, group_by_prompt, shared_prefix_hidden
 
 __all__ = ["GRPOTrainer", "step_seed"]
 
@@ -134,14 +135,18 @@ class GRPOTrainer:
             raise ConfigError("the policy has no trainable parameters; check use_lora / lora_target_modules")
         self.params = params
         self.dist.broadcast_parameters(self.params)
+        self.share_prompts = True  # forward a prompt shared by several samples once (same gradients, less compute)
         self.fsdp: Any = None
         if config.fsdp:  # shard the full model over the processes (see training/fsdp.py)
             from .fsdp import FSDPPolicy
 
             self.fsdp = FSDPPolicy(self._causal_lm(self.model), self.dist, pad_id=self._pad_id())
             params = self.params = self.fsdp.params
+        # The fused kernel (one pass over each tensor) is several times faster than the per-tensor loop, which
+        # is torch's default on CPU; FSDP's sharded (DTensor) parameters use the multi-tensor path instead.
+        impl = {"foreach": True} if self.fsdp is not None else {"fused": True}
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=config.adam_betas,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, **impl)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
         self.value_head: torch.nn.Linear | None = None
         self.value_optimizer: torch.optim.Optimizer | None = None
@@ -398,10 +403,24 @@ class GRPOTrainer:
             self._reference_logprobs(samples)
         return samples
 
-    def _micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
-        ordered = sorted(samples, key=lambda s: len(s.input_ids))
+    def _micro_batches(self, samples: list[Sample], share: bool = False) -> list[list[Sample]]:
+        """Micro-batches of at most ``micro_batch_size`` samples; with ``share``, samples with one prompt go
+        together first (their prompt is forwarded once, see training/prefix.py), the rest sorted by length."""
         m = self.config.micro_batch_size
-        return [ordered[i:i + m] for i in range(0, len(ordered), m)]
+        groups, rest = group_by_prompt(samples, m) if share else ([], list(samples))
+        ordered = sorted(rest, key=lambda s: len(s.input_ids))
+        return groups + [ordered[i:i + m] for i in range(0, len(ordered), m)]
+
+    def _share_prompts(self) -> bool:
+        """Whether the update forwards a prompt shared by several samples once (see training/prefix.py)."""
+        cfg = self.config
+        return (self.share_prompts and self.fsdp is None and not cfg.gradient_checkpointing
+                and cfg.advantage_estimator == "grpo")
+
+    def _collate(self, mb: list[Sample]) -> Any:
+        if self._share_prompts() and len(mb) > 1 and len({tuple(s.input_ids[:s.completion_start]) for s in mb}) == 1:
+            return collate_shared_prefix(mb, self._pad_id(), self.device)
+        return collate(mb, self._pad_id(), self.device)
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
@@ -456,7 +475,7 @@ class GRPOTrainer:
         cfg = self.config
         t0 = time.perf_counter()
         self.model.train()
-        mbs = self._micro_batches(samples) if samples else []
+        mbs = self._micro_batches(samples, share=self._share_prompts()) if samples else []
         # Every process runs the same number of updates (an empty share contributes zero gradients).
         n_mb = max(self.dist.all_gather_object(len(mbs))) if self.dist.distributed else len(mbs)
         if n_mb == 0:  # nothing under the loss anywhere (e.g. every group had equal rewards): no update
@@ -474,15 +493,16 @@ class GRPOTrainer:
         head_weight = None
         for _ in range(cfg.num_iterations):
             for start in range(0, n_mb, per_update):
-                self.optimizer.zero_grad(set_to_none=False)
+                # None, not zeros: the first backward then stores its gradient without an extra buffer
+                self.optimizer.zero_grad(set_to_none=True)
                 if self.value_optimizer is not None:
-                    self.value_optimizer.zero_grad(set_to_none=False)
+                    self.value_optimizer.zero_grad(set_to_none=True)
                 for j in range(start, min(start + per_update, n_mb)):
                     if j >= len(mbs):
                         if self.fsdp is not None:  # every process must join every FSDP collective
                             self.fsdp.idle_pass(cfg.temperature, cfg.logprob_chunk_size)
                         continue
-                    b = collate(mbs[j], self._pad_id(), self.device)
+                    b = self._collate(mbs[j])
                     hidden, logp, ent = self._policy_logprobs(b)
                     per_token, clipped = clipped_surrogate(
                         logp, b.old_logprobs, b.advantages, epsilon=cfg.epsilon, epsilon_high=cfg.clip_high,
@@ -516,6 +536,7 @@ class GRPOTrainer:
                 updates += 1
         self.model.eval()
         del head_weight
+        self.optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout
         if self.fsdp is not None:
             self.fsdp.gather()  # whole weights again for the next rollout
         totals = self.dist.all_reduce_sum(list(sums.values()))
@@ -539,7 +560,10 @@ class GRPOTrainer:
         cfg = self.config
         if self.fsdp is not None:
             return self.fsdp.forward(b, cfg.temperature, cfg.logprob_chunk_size)
-        hidden = self._forward_hidden(self.model, b.input_ids, b.attention_mask)
+        if isinstance(b, PrefixBatch):
+            hidden = shared_prefix_hidden(self._causal_lm(self.model).base_model, b)
+        else:
+            hidden = self._forward_hidden(self.model, b.input_ids, b.attention_mask)
         logp, ent = token_logprobs(hidden[b.rows, b.positions], self._head_weight(self.model), b.targets,
                                    temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size, with_entropy=True)
         return hidden, logp, ent

@@ -38,7 +38,7 @@ def write_config(folder: Path, model: Path, **overrides) -> Path:
     (folder / "reward.yaml").write_text(yaml.safe_dump(REWARD), encoding="utf-8")
     cfg = dict(model=str(model), env=TOY, reward=str(folder / "reward.yaml"), use_lora=False, max_steps=STEPS,
                group_size=4, scenarios_per_step=4, max_new_tokens=12, learning_rate=1e-2, micro_batch_size=4,
-               eval_before=False, eval_after=False, save_every=0, progress=False, seed=0,
+               eval_before=False, eval_after=False, eval_k=2, save_every=0, progress=False, seed=0,
                output_dir=str(folder / "run"))
     cfg.update(overrides)
     path = folder / "config.yaml"
@@ -66,6 +66,11 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+
+
+def eval_trials(run_dir: Path, tag: str = "before") -> list[tuple]:
+    report = json.loads((run_dir / f"eval_{tag}.json").read_text())
+    return [(r["scenario_id"], t["seed"], t["reward"], t["success"]) for r in report["results"] for t in r["trials"]]
 
 
 def final_weights(run_dir: Path, step: int = STEPS) -> dict[str, torch.Tensor]:
@@ -101,7 +106,7 @@ def one_process_run(tiny_model_path, tmp_path_factory):
     """The reference: 1 process, global batch 4 scenarios x 4 episodes, 4 steps, checkpoints after steps 3 and 4
     (constant learning rate: its first 3 steps are those of a 3-step run)."""
     folder = tmp_path_factory.mktemp("one")
-    cfg = write_config(folder, tiny_model_path, max_steps=STEPS + 1, save_every=1)
+    cfg = write_config(folder, tiny_model_path, max_steps=STEPS + 1, save_every=1, eval_before=True)
     run([sys.executable, "-m", "stateset_agents", "train", str(cfg)])
     return folder / "run"
 
@@ -193,11 +198,14 @@ def test_two_processes_match_one_process(one_process_run, tiny_model_path, tmp_p
     scenario id and index, so the episodes are the same), gradients are summed over processes with global loss
     normalisation. The final weights equal the 1-process run's up to fp32 rounding, and both processes hold
     bit-identical weights (checked by the trainer at the checkpoint, and here against the saved file)."""
-    cfg = write_config(tmp_path, tiny_model_path)
+    cfg = write_config(tmp_path, tiny_model_path, eval_before=True)
     proc = run(torchrun(2, "-m", "stateset_agents", "train", str(cfg)))
     two = tmp_path / "run"
     assert proc.stdout.count("training grpo on") == 1  # only rank 0 prints
     assert_same_rollouts_and_gradients(metrics(one_process_run), metrics(two))
+    # evaluation is sharded (each process plays every 2nd eval scenario) and merged on rank 0: same report
+    assert eval_trials(two) == eval_trials(one_process_run)
+    assert json.loads((two / "eval_before.json").read_text())["world_size"] == 1  # the merged report
 
     w1, w2 = final_weights(one_process_run), final_weights(two)
     moved = max_abs_diff(w1, {k: v for k, v in _initial_weights(tiny_model_path).items() if k in w1})
@@ -253,10 +261,12 @@ def test_fsdp_two_processes_match_one_process_and_resume(one_process_run, tiny_m
     """fsdp: true (FSDP2 on gloo/CPU): weights, gradients and AdamW state sharded over 2 processes give the same
     3 steps as 1 process; the checkpoint holds full weights (save_pretrained layout) and the optimiser state by
     name, and resuming it for a 4th step under FSDP matches the 1-process run's 4th step."""
-    cfg = write_config(tmp_path, tiny_model_path, fsdp=True)
+    cfg = write_config(tmp_path, tiny_model_path, fsdp=True, eval_before=True, eval_after=True)
     run(torchrun(2, "-m", "stateset_agents", "train", str(cfg)))
     run_dir = tmp_path / "run"
     assert_same_rollouts_and_gradients(metrics(one_process_run), metrics(run_dir))
+    assert eval_trials(run_dir) == eval_trials(one_process_run)  # generation with the gathered weights
+    assert len(eval_trials(run_dir, "after")) == 2 * 2  # 2 eval scenarios x eval_k 2
     w_fsdp = final_weights(run_dir)
     assert max_abs_diff(final_weights(one_process_run), w_fsdp) < 1e-4
     state = trainer_state(run_dir)

@@ -1,0 +1,73 @@
+"""The shared-prompt forward gives the plain forward's log-probs and gradients, with the prompt computed once."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from stateset_agents.training.batch import Sample, collate
+from stateset_agents.training.losses import token_logprobs
+from stateset_agents.training.prefix import (
+    PrefixBatch,
+    collate_shared_prefix,
+    group_by_prompt,
+    shared_prefix_hidden,
+)
+
+
+def sample(prompt: list[int], completion: list[int], i: int = 0) -> Sample:
+    return Sample(input_ids=prompt + completion, completion_start=len(prompt), old_logprobs=[-1.0] * len(completion),
+                  traj_index=i, turn_index=0, truncated=False, advantage=0.5 - i, weight=0.1)
+
+
+def test_group_by_prompt():
+    a = [sample([1, 2, 3], [4, 5], i) for i in range(5)]
+    b = [sample([1, 2], [3], 9)]
+    groups, rest = group_by_prompt(a + b, max_size=2)
+    assert [len(g) for g in groups] == [2, 2] and rest == [a[4], b[0]]
+    with pytest.raises(ValueError, match="one common, non-empty prompt"):
+        collate_shared_prefix([a[0], b[0]], pad_id=0)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompt_forward_matches_plain_forward(tiny_model_path, lora):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            lm = get_peft_model(lm, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    causal = lm.get_base_model() if lora else lm
+    causal.train()
+    prompt = [5, 17, 33, 41, 8, 99, 12]
+    completions = [[7, 8, 9, 10, 11], [3, 4], [20, 21, 22, 23, 24, 25, 26], [2, 2, 2]]  # different lengths
+    samples = [sample(prompt, c, i) for i, c in enumerate(completions)]
+    head = causal.get_output_embeddings().weight
+    params = [p for p in lm.parameters() if p.requires_grad]
+
+    def loss_and_grads(b, hidden):
+        logp, _ = token_logprobs(hidden[b.rows, b.positions], head, b.targets)
+        loss = (logp * b.weights * b.advantages).sum()
+        grads = torch.autograd.grad(loss, params)
+        return logp.detach(), grads
+
+    plain = collate(samples, pad_id=0)
+    hidden = causal.base_model(input_ids=plain.input_ids, attention_mask=plain.attention_mask,
+                               use_cache=False).last_hidden_state
+    lp_plain, g_plain = loss_and_grads(plain, hidden)
+
+    shared = collate_shared_prefix(samples, pad_id=0)
+    assert isinstance(shared, PrefixBatch) and shared.prompt_ids.shape == (1, len(prompt))
+    assert torch.equal(shared.targets, plain.targets) and torch.equal(shared.rows, plain.rows)
+    lp_shared, g_shared = loss_and_grads(shared, shared_prefix_hidden(causal.base_model, shared))
+
+    assert torch.allclose(lp_shared, lp_plain, atol=1e-5), (lp_shared - lp_plain).abs().max()
+    worst = max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(g_shared, g_plain, strict=True))
+    assert worst < 1e-4
+    assert any(float(g.abs().max()) > 0 for g in g_plain)
