@@ -38,6 +38,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from ._compat import cache_kwarg
 from .base import SamplingParams
 
 __all__ = ["EngineStats", "GenerationEngine", "GenerationResult"]
@@ -199,9 +200,9 @@ class GenerationEngine:
         pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=pos_ids.to(self.device), past_key_values=cache, use_cache=True)
+                         position_ids=pos_ids.to(self.device), use_cache=True, **cache_kwarg(self.model, cache))
         logits = out.logits[:, -1, :].float()
-        self._merge(new, out.past_key_values, mask)
+        self._merge(new, cache, mask)  # the model filled `cache` in place
         self._admitting = []
         self._sample_and_finish(new, logits)
 
@@ -234,9 +235,8 @@ class GenerationEngine:
         self._mask = torch.cat([self._mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
         t = self._mask.shape[1]
         out = self.model(input_ids=last.to(self.device), attention_mask=self._mask.to(self.device),
-                         position_ids=pos.to(self.device), past_key_values=self._cache, use_cache=True,
+                         position_ids=pos.to(self.device), use_cache=True, **cache_kwarg(self.model, self._cache),
                          cache_position=torch.tensor([t - 1], device=self.device))
-        self._cache = out.past_key_values
         self._sample_and_finish(list(self._active), out.logits[:, -1, :].float())
 
     def _sample_and_finish(self, reqs: list[_Request], logits: torch.Tensor) -> None:

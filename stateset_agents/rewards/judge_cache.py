@@ -54,9 +54,35 @@ class JudgeCache:
             raise ConfigError(f"timeout={timeout} must be > 0 (seconds to wait for another writer)")
         self.timeout = timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect("open") as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
+        self._open()
+
+    def _open(self) -> None:
+        # Switching a new file to WAL takes an exclusive lock, and SQLite does not call the busy handler for it:
+        # two processes opening a fresh cache at the same moment get "database is locked" at once. Retry that
+        # (and only that) with backoff until `timeout`.
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while True:
+            try:
+                with closing(sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)) as conn:
+                    conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                        conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                    raise self._error("open", e) from e
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except sqlite3.Error as e:
+                raise self._error("open", e) from e
+
+    def _error(self, op: str, e: sqlite3.Error) -> ConfigError:
+        return ConfigError(f"judge cache {str(self.path)!r}: {op} failed: {type(e).__name__}: {e}. "
+                           "Point cache= at a writable SQLite file on a local disk (a new path starts an empty "
+                           f"cache); if other processes hold the lock longer than {self.timeout} s, pass a "
+                           "larger JudgeCache(path, timeout=...)")
 
     @contextmanager
     def _connect(self, op: str) -> Iterator[sqlite3.Connection]:
@@ -66,10 +92,7 @@ class JudgeCache:
                 conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
                 yield conn
         except sqlite3.Error as e:
-            raise ConfigError(f"judge cache {str(self.path)!r}: {op} failed: {type(e).__name__}: {e}. "
-                              "Point cache= at a writable SQLite file on a local disk (a new path starts an empty "
-                              f"cache); if other processes hold the lock longer than {self.timeout} s, pass a "
-                              "larger JudgeCache(path, timeout=...)") from e
+            raise self._error(op, e) from e
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The stored object for ``key``, or None when there is none."""

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..models._compat import cache_kwarg
 from .batch import Batch, Sample, collate
 
 __all__ = ["PrefixBatch", "collate_shared_prefix", "group_by_prompt", "shared_prefix_hidden"]
@@ -87,13 +88,13 @@ def shared_prefix_hidden(decoder: Any, b: PrefixBatch) -> torch.Tensor:
     p = b.prompt_ids.shape[1]
     device = b.input_ids.device
     cache = DynamicCache(config=getattr(decoder, "config", None))
-    head = decoder(input_ids=b.prompt_ids, attention_mask=torch.ones_like(b.prompt_ids), past_key_values=cache,
-                   use_cache=True)
-    for layer in head.past_key_values.layers:  # one prompt, K continuations: views, no copies
+    head = decoder(input_ids=b.prompt_ids, attention_mask=torch.ones_like(b.prompt_ids), use_cache=True,
+                   **cache_kwarg(decoder, cache))
+    for layer in cache.layers:  # one prompt, K continuations: views, no copies
         layer.keys = layer.keys.expand(k, -1, -1, -1)
         layer.values = layer.values.expand(k, -1, -1, -1)
     positions = torch.arange(p, p + c, device=device)
     tail = decoder(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=positions.expand(k, c),
-                   cache_position=positions, past_key_values=head.past_key_values, use_cache=True)
+                   cache_position=positions, use_cache=True, **cache_kwarg(decoder, cache))
     last = head.last_hidden_state[:, -1:, :].expand(k, 1, -1)
     return torch.cat([last, tail.last_hidden_state[:, :-1, :]], dim=1)
