@@ -1,14 +1,16 @@
-"""Shared-prompt forward: samples that share their prompt run it through the decoder once.
+"""Shared-prefix forward: samples whose prompts start with the same tokens run that prefix through the decoder once.
 
-The ``group_size`` episodes of a scenario see the same first prompt (system message + the user's opening), so
-their first agent turns are ``prompt + completion_i`` with one prompt. The plain forward computes that prompt
-once per sample. Here the prompt runs once (with gradients); its per-layer keys and values are shared by every
-completion, which runs as a continuation with the prompt as its KV cache. Causal attention makes every hidden
-state identical to the plain forward's, and autograd sums the completions' gradients through the shared keys
-and values, so the loss and its gradient are the same up to floating-point rounding; only the repeated prompt
-compute is gone.
+Every prompt of a pack starts with the same system message (strategy, instructions, tools: several hundred tokens),
+and the ``group_size`` episodes of a scenario share their whole first prompt. The plain forward computes that
+prefix once per sample. Here the longest common prefix of a micro-batch runs once (with gradients); its per-layer
+keys and values are shared by every sample's tail (the rest of its prompt, then its completion), which runs as a
+continuation with the prefix as its KV cache. Causal attention makes every hidden state identical to the plain
+forward's, and autograd sums the tails' gradients through the shared keys and values, so the loss and its
+gradient are the same up to floating-point rounding; only the repeated prefix compute (and its activation memory)
+is gone.
 
-Used by the trainer when a micro-batch is one prompt group (see :func:`group_by_prompt`); not with gradient
+Used by the trainer for every micro-batch whose common prefix is at least :data:`MIN_SHARED_PREFIX` tokens (the
+trainer orders samples by prompt so that micro-batches share as much as possible); not with gradient
 checkpointing (transformers turns the KV cache off there), GAE's value head, or FSDP.
 """
 
@@ -23,50 +25,53 @@ import torch
 from ..models._compat import cache_kwarg
 from .batch import Batch, Sample, collate
 
-__all__ = ["PrefixBatch", "collate_shared_prefix", "group_by_prompt", "shared_prefix_hidden"]
+__all__ = ["MIN_SHARED_PREFIX", "PrefixBatch", "collate_shared_prefix", "common_prefix_len", "shared_prefix_hidden"]
+
+#: below this many common tokens the shared forward is not worth its second decoder call
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass
 class PrefixBatch(Batch):
-    """A :class:`Batch` of samples with one prompt: ``prompt_ids`` ``[1, P]``; ``input_ids`` holds only the
-    completions ``[K, C]`` (right-padded), ``attention_mask`` covers prompt + completions ``[K, P + C]``, and
-    ``positions`` index the ``[K, C]`` grid of hidden states that predict completion tokens."""
+    """A :class:`Batch` of samples with a common prefix: ``prompt_ids`` ``[1, P]`` is the prefix; ``input_ids``
+    holds each sample's tail (the rest of its prompt, then its completion) ``[K, C]`` (right-padded),
+    ``attention_mask`` covers prefix + tails ``[K, P + C]``, and ``positions`` index the ``[K, C]`` grid of hidden
+    states that predict completion tokens."""
 
     prompt_ids: torch.Tensor | None = None
 
 
-def group_by_prompt(samples: Sequence[Sample], max_size: int) -> tuple[list[list[Sample]], list[Sample]]:
-    """Split samples into groups of at least two with identical prompts (at most ``max_size`` each) and the
-    rest (prompts seen once)."""
-    by_prompt: dict[tuple[int, ...], list[Sample]] = {}
-    for s in samples:
-        by_prompt.setdefault(tuple(s.input_ids[:s.completion_start]), []).append(s)
-    groups: list[list[Sample]] = []
-    rest: list[Sample] = []
-    for members in by_prompt.values():
-        chunks = [members[i:i + max_size] for i in range(0, len(members), max_size)]
-        for chunk in chunks:
-            if len(chunk) >= 2:
-                groups.append(chunk)
-            else:
-                rest.extend(chunk)
-    return groups, rest
+def common_prefix_len(samples: Sequence[Sample]) -> int:
+    """Length of the longest token prefix that every sample's prompt starts with."""
+    first = samples[0].input_ids[:samples[0].completion_start]
+    n = len(first)
+    for s in samples[1:]:
+        n = min(n, s.completion_start)
+        ids = s.input_ids
+        i = 0
+        while i < n and ids[i] == first[i]:
+            i += 1
+        n = i
+        if n == 0:
+            break
+    return n
 
 
 def collate_shared_prefix(samples: Sequence[Sample], pad_id: int, device: torch.device | str = "cpu") -> PrefixBatch:
-    """Collate samples that share one prompt (raises ValueError otherwise)."""
-    p = samples[0].completion_start
-    prompt = samples[0].input_ids[:p]
-    if p < 1 or any(s.completion_start != p or s.input_ids[:p] != prompt for s in samples):
-        raise ValueError("collate_shared_prefix needs samples with one common, non-empty prompt")
-    # the plain collate gives the per-token fields; then re-index positions into the completion grid
+    """Collate samples around their prompts' longest common prefix (raises ValueError when it is empty)."""
+    p = common_prefix_len(samples)
+    if p < 1:
+        raise ValueError("collate_shared_prefix needs samples whose prompts share a non-empty prefix")
+    prefix = samples[0].input_ids[:p]
+    # the plain collate gives the per-token fields; then re-index positions into the tail grid: full position t
+    # (which predicts token t + 1) is column t - (p - 1), column 0 being the prefix's last hidden state
     flat = collate(samples, pad_id, device)
-    width = max(s.num_completion for s in samples)
+    width = max(len(s.input_ids) - p for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(samples), p + width), dtype=torch.long)
     mask[:, :p] = 1
     for r, s in enumerate(samples):
-        n = s.num_completion
+        n = len(s.input_ids) - p
         ids[r, :n] = torch.tensor(s.input_ids[p:])
         mask[r, p:p + n] = 1
     return PrefixBatch(
@@ -74,7 +79,7 @@ def collate_shared_prefix(samples: Sequence[Sample], pad_id: int, device: torch.
         positions=flat.positions - (p - 1), targets=flat.targets, old_logprobs=flat.old_logprobs,
         advantages=flat.advantages, weights=flat.weights, ref_logprobs=flat.ref_logprobs,
         value_positions=flat.value_positions, returns=flat.returns,
-        prompt_ids=torch.tensor([prompt], dtype=torch.long, device=device),
+        prompt_ids=torch.tensor([prefix], dtype=torch.long, device=device),
     )
 
 

@@ -53,9 +53,25 @@ from .checkpoint import (
 from .config import GRPOConfig
 from .dist import DistContext
 from .losses import clipped_surrogate, gae, group_advantages, k3_kl, loss_weights, token_logprobs
-from .prefix import PrefixBatch, collate_shared_prefix, group_by_prompt, shared_prefix_hidden
+from .prefix import (
+    MIN_SHARED_PREFIX,
+    PrefixBatch,
+    collate_shared_prefix,
+    common_prefix_len,
+    shared_prefix_hidden,
+)
 
 __all__ = ["GRPOTrainer", "step_seed"]
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    scale = 1 / 2**20 if os.uname().sysname == "Darwin" else 1 / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def step_seed(seed: int, step: int, what: str) -> int:
@@ -404,12 +420,13 @@ class GRPOTrainer:
         return samples
 
     def _micro_batches(self, samples: list[Sample], share: bool = False) -> list[list[Sample]]:
-        """Micro-batches of at most ``micro_batch_size`` samples; with ``share``, samples with one prompt go
-        together first (their prompt is forwarded once, see training/prefix.py), the rest sorted by length."""
+        """Micro-batches of at most ``micro_batch_size`` samples. With ``share``, samples are ordered by their
+        prompt tokens, so each micro-batch holds prompts with the longest common prefixes (identical first prompts
+        of a group, then the pack's system message shared by all; see training/prefix.py); else by length."""
         m = self.config.micro_batch_size
-        groups, rest = group_by_prompt(samples, m) if share else ([], list(samples))
-        ordered = sorted(rest, key=lambda s: len(s.input_ids))
-        return groups + [ordered[i:i + m] for i in range(0, len(ordered), m)]
+        key = (lambda s: s.input_ids[:s.completion_start]) if share else (lambda s: len(s.input_ids))
+        ordered = sorted(samples, key=key)
+        return [ordered[i:i + m] for i in range(0, len(ordered), m)]
 
     def _share_prompts(self) -> bool:
         """Whether the update forwards a prompt shared by several samples once (see training/prefix.py)."""
@@ -418,7 +435,7 @@ class GRPOTrainer:
                 and cfg.advantage_estimator == "grpo")
 
     def _collate(self, mb: list[Sample]) -> Any:
-        if self._share_prompts() and len(mb) > 1 and len({tuple(s.input_ids[:s.completion_start]) for s in mb}) == 1:
+        if self._share_prompts() and len(mb) > 1 and common_prefix_len(mb) >= MIN_SHARED_PREFIX:
             return collate_shared_prefix(mb, self._pad_id(), self.device)
         return collate(mb, self._pad_id(), self.device)
 
@@ -611,6 +628,7 @@ class GRPOTrainer:
             m[f"components/{c}"] = s / k if k else None
         m.update({k: v for k, v in update.items()})
         m.update({f"time/{k}": v for k, v in times.items()})
+        m["peak_rss_mb"] = _peak_rss_mb()  # this process's high-water mark so far (host memory)
         if torch.cuda.is_available() and self.device.type == "cuda":
             m["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         return m

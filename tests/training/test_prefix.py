@@ -12,7 +12,7 @@ from stateset_agents.training.losses import token_logprobs
 from stateset_agents.training.prefix import (
     PrefixBatch,
     collate_shared_prefix,
-    group_by_prompt,
+    common_prefix_len,
     shared_prefix_hidden,
 )
 
@@ -22,17 +22,19 @@ def sample(prompt: list[int], completion: list[int], i: int = 0) -> Sample:
                   traj_index=i, turn_index=0, truncated=False, advantage=0.5 - i, weight=0.1)
 
 
-def test_group_by_prompt():
-    a = [sample([1, 2, 3], [4, 5], i) for i in range(5)]
-    b = [sample([1, 2], [3], 9)]
-    groups, rest = group_by_prompt(a + b, max_size=2)
-    assert [len(g) for g in groups] == [2, 2] and rest == [a[4], b[0]]
-    with pytest.raises(ValueError, match="one common, non-empty prompt"):
-        collate_shared_prefix([a[0], b[0]], pad_id=0)
+def test_common_prefix_len():
+    a = [sample([1, 2, 3], [4, 5], i) for i in range(3)]
+    assert common_prefix_len(a) == 3
+    assert common_prefix_len(a + [sample([1, 2, 9, 9], [3])]) == 2
+    # the prefix never reaches into a completion, even where the tokens agree
+    assert common_prefix_len([sample([1, 2], [3, 4]), sample([1, 2, 3], [4])]) == 2
+    with pytest.raises(ValueError, match="share a non-empty prefix"):
+        collate_shared_prefix([a[0], sample([7, 2, 3], [4])], pad_id=0)
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_shared_prompt_forward_matches_plain_forward(tiny_model_path, lora):
+@pytest.mark.parametrize("distinct_tails", [False, True])
+def test_shared_prompt_forward_matches_plain_forward(tiny_model_path, lora, distinct_tails):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -48,6 +50,9 @@ def test_shared_prompt_forward_matches_plain_forward(tiny_model_path, lora):
     prompt = [5, 17, 33, 41, 8, 99, 12]
     completions = [[7, 8, 9, 10, 11], [3, 4], [20, 21, 22, 23, 24, 25, 26], [2, 2, 2]]  # different lengths
     samples = [sample(prompt, c, i) for i, c in enumerate(completions)]
+    if distinct_tails:  # prompts that agree only on a prefix (the pack's system message), of different lengths
+        tails = [[61, 62], [63], [64, 65, 66, 67], []]
+        samples = [sample(prompt + t, c, i) for i, (t, c) in enumerate(zip(tails, completions, strict=True))]
     head = causal.get_output_embeddings().weight
     params = [p for p in lm.parameters() if p.requires_grad]
 

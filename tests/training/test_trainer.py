@@ -144,7 +144,7 @@ def test_metrics_are_logged_per_step(tiny_model_path, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in ("reward", "reward_std", "components/target_share", "success_rate", "clip_fraction", "entropy",
-                "grad_norm", "new_tokens_per_s", "time/total", "zero_variance_groups", "lr", "loss"):
+                "grad_norm", "new_tokens_per_s", "time/total", "zero_variance_groups", "lr", "loss", "peak_rss_mb"):
         assert key in rows[0], key
     assert rows[0]["kl"] is None  # beta = 0: no reference, nothing made up
     assert rows[0]["entropy"] > 0 and rows[0]["grad_norm"] > 0
@@ -328,3 +328,40 @@ def test_smollm2_lora_step_is_real(tmp_path):
     assert m2["kl"] > 0
     assert all(torch.equal(base[k], v) for k, v in trainer.model.named_parameters() if not v.requires_grad)
     trainer.chat_model.close()
+
+
+def test_shared_prefix_update_equals_the_plain_update(tiny_model_path, tmp_path):
+    """One step with the shared-prefix forward (micro-batches mixing different prompts that share the system
+    message) computes the same gradient as the plain forward."""
+    from stateset_agents.training.prefix import PrefixBatch
+
+    runs = []
+    for share in (True, False):
+        trainer = make_trainer(tiny_model_path, tmp_path / str(share), max_steps=1, rollout_concurrency=1,
+                               micro_batch_size=16, skip_zero_variance_groups=False)
+        trainer.share_prompts = share
+        seen: list[tuple[bool, int]] = []
+        grads: dict[str, torch.Tensor] = {}
+        plain_collate = trainer._collate
+
+        def spy(mb, plain_collate=plain_collate, seen=seen):
+            b = plain_collate(mb)
+            seen.append((isinstance(b, PrefixBatch), len({tuple(s.input_ids[:s.completion_start]) for s in mb})))
+            return b
+
+        def record(optimizer, args, kwargs, trainer=trainer, grads=grads):
+            grads.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()
+                          if p.grad is not None})
+
+        trainer._collate = spy
+        trainer.optimizer.register_step_pre_hook(record)
+        m = asyncio.run(trainer.astep())
+        runs.append((grads, seen, m))
+    (g_shared, seen_shared, m_shared), (g_plain, seen_plain, m_plain) = runs
+    assert any(is_prefix and prompts > 1 for is_prefix, prompts in seen_shared), seen_shared
+    assert not any(is_prefix for is_prefix, _ in seen_plain)
+    assert m_shared["reward"] == m_plain["reward"]  # the same episodes
+    assert g_plain and g_shared.keys() == g_plain.keys()
+    scale = max(float(g.abs().max()) for g in g_plain.values())
+    diff = max(float((g_shared[k] - g_plain[k]).abs().max()) for k in g_plain)
+    assert scale > 0 and diff < 1e-4 * scale, (scale, diff)
