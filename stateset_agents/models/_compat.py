@@ -8,7 +8,7 @@ import functools
 import inspect
 from typing import Any
 
-__all__ = ["cache_kwarg"]
+__all__ = ["cache_kwarg", "logits_kwarg"]
 
 
 def _unwrap(model: Any) -> Any:
@@ -33,3 +33,17 @@ def _name_for(cls: type) -> str:
 def cache_kwarg(model: Any, cache: Any) -> dict[str, Any]:
     """``{"cache": cache}`` or ``{"past_key_values": cache}``, whichever ``model.forward`` accepts."""
     return {_name_for(type(_unwrap(model))): cache}
+
+
+@functools.cache
+def _keeps_logits(cls: type) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def logits_kwarg(model: Any) -> dict[str, Any]:
+    """``{"logits_to_keep": 1}`` where the model supports it: a prefill needs the last position's logits only, and
+    the LM head over every prompt position would cost more than the rest of a short prompt's forward."""
+    return {"logits_to_keep": 1} if _keeps_logits(type(_unwrap(model))) else {}

@@ -18,6 +18,16 @@ future is cancelled) leaves the batch at the next step instead of decoding to ``
 
 Requests join as others finish: admission happens before every decode step.
 
+Prefix cache: the prompts of one environment all start with the same system message (strategy, instructions,
+tools: several hundred tokens), and re-prefilling it for every request and turn is most of a rollout's compute.
+The engine keeps the keys and values of one shared prefix: at each admission, the longest common prefix of the
+new prompts and of the previous admission's first prompt (at least ``min_prefix_tokens``, leaving at least one
+token per prompt) is computed once and then reused for every later prompt that starts with it; only the rest of
+each prompt is prefilled. Rows are laid out ``[prefix][padding][rest of prompt]`` with the padding masked, so
+every hidden state is the one a full prefill computes (causal attention), up to floating-point rounding. The
+cache is dropped when the weights change: ``clear_prefix_cache()`` is called by the trainer after every update,
+and a fingerprint of the parameters is checked before each reuse.
+
 Log-probs: for each sampled token, ``log p(token)`` under the distribution it was sampled from: the model's
 logits divided by ``temperature``, restricted to the top-p nucleus and renormalised. With ``top_p=1`` this is
 ``log_softmax(logits / temperature)``. With ``temperature=0`` (greedy) the sampling distribution is a point
@@ -27,6 +37,7 @@ mass, so the engine reports ``log_softmax(logits)`` (temperature 1, no top-p) in
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +49,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from ._compat import cache_kwarg
+from ._compat import cache_kwarg, logits_kwarg
 from .base import SamplingParams
 
 __all__ = ["EngineStats", "GenerationEngine", "GenerationResult"]
@@ -60,6 +71,9 @@ class EngineStats:
     prefills: int = 0
     max_batch: int = 0
     busy_seconds: float = 0.0
+    prefix_builds: int = 0
+    prefix_hits: int = 0
+    prefix_tokens_reused: int = 0
 
 
 @dataclass
@@ -89,10 +103,12 @@ class GenerationEngine:
         eos_token_ids: token ids that end a completion (kept in ``completion_ids``).
         admit_window: when idle, how long (seconds) to keep collecting a burst of arriving requests before the
             first prefill; a burst stops early as soon as no new request arrived for 2 ms.
+        min_prefix_tokens: shortest shared prefix worth caching (see "Prefix cache"); 0 turns the cache off.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32,
-                 eos_token_ids: list[int] | None = None, admit_window: float = 0.02) -> None:
+                 eos_token_ids: list[int] | None = None, admit_window: float = 0.02,
+                 min_prefix_tokens: int = 64) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -111,6 +127,10 @@ class GenerationEngine:
         self._admitting: list[_Request] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
+        self.min_prefix_tokens = min_prefix_tokens
+        self._prefix: _Prefix | None = None
+        self._last_prompt: list[int] = []
+        self._clear_prefix = threading.Event()
 
     # ------------------------------------------------------------------ public
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams, *,
@@ -140,6 +160,10 @@ class GenerationEngine:
     def waiting(self) -> int:
         """Requests queued for admission."""
         return len(self._waiting)
+
+    def clear_prefix_cache(self) -> None:
+        """Forget the cached prefix (call after changing the weights); takes effect at the next admission."""
+        self._clear_prefix.set()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -189,22 +213,54 @@ class GenerationEngine:
         if not new:
             return
         self.stats.prefills += 1
-        width = max(len(r.prompt_ids) for r in new)
+        prefix = self._shared_prefix(new)
+        p = len(prefix.ids) if prefix is not None else 0
+        width = max(len(r.prompt_ids) - p for r in new)
         ids = torch.full((len(new), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(new), width), dtype=torch.long)
+        mask = torch.zeros((len(new), p + width), dtype=torch.long)
+        mask[:, :p] = 1
         for i, r in enumerate(new):
-            n = len(r.prompt_ids)
-            ids[i, width - n:] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            mask[i, width - n:] = 1
-            r.pos = n
-        pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+            n = len(r.prompt_ids) - p
+            ids[i, width - n:] = torch.tensor(r.prompt_ids[p:], dtype=torch.long)
+            mask[i, p + width - n:] = 1
+            r.pos = len(r.prompt_ids)
+        pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
+        if prefix is not None:
+            cache = prefix.expanded(len(new))
+            self.stats.prefix_hits += 1
+            self.stats.prefix_tokens_reused += p * len(new)
+        else:
+            cache = DynamicCache()
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=pos_ids.to(self.device), use_cache=True, **cache_kwarg(self.model, cache))
+                         position_ids=pos_ids.to(self.device), use_cache=True, **cache_kwarg(self.model, cache),
+                         **logits_kwarg(self.model))
         logits = out.logits[:, -1, :].float()
         self._merge(new, cache, mask)  # the model filled `cache` in place
         self._admitting = []
         self._sample_and_finish(new, logits)
+
+    def _shared_prefix(self, new: list[_Request]) -> _Prefix | None:
+        """The cached prefix every new prompt extends, built anew when the prompts share a longer one with the
+        previous admission than the cache holds (see "Prefix cache" in the module docs)."""
+        if self._clear_prefix.is_set():
+            self._clear_prefix.clear()
+            self._prefix = None
+        if self.min_prefix_tokens <= 0:
+            return None
+        prompts = [r.prompt_ids for r in new]
+        cached = self._prefix
+        if cached is not None and not cached.valid(self.model):
+            cached = self._prefix = None
+        limit = min(len(x) for x in prompts) - 1  # every row keeps at least one token to feed
+        p = _common_prefix_len(prompts + ([self._last_prompt] if self._last_prompt else []), limit)
+        self._last_prompt = list(prompts[0])
+        fits = cached is not None and len(cached.ids) <= limit and all(
+            x[:len(cached.ids)] == cached.ids for x in prompts)
+        if p < self.min_prefix_tokens or (fits and p <= len(cached.ids)):
+            return cached if fits else None
+        self._prefix = _Prefix.build(self.model, prompts[0][:p], self.device)
+        self.stats.prefix_builds += 1
+        return self._prefix
 
     def _merge(self, new: list[_Request], cache: Any, mask: torch.Tensor) -> None:
         if not self._active:
@@ -287,6 +343,52 @@ class GenerationEngine:
         if len(r.out_ids) >= s.max_new_tokens:
             r.finish = "length"
             r.text = self.tokenizer.decode(r.out_ids, skip_special_tokens=True)
+
+
+def _common_prefix_len(seqs: list[list[int]], limit: int) -> int:
+    first = seqs[0]
+    n = min(limit, len(first))
+    for x in seqs[1:]:
+        n = min(n, len(x))
+        i = 0
+        while i < n and x[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+def _fingerprint(model: Any) -> torch.Tensor:
+    """A few values of every parameter: changes when an optimiser step or a weight load changes the weights."""
+    return torch.stack([p.detach().reshape(-1)[:16].float().sum().cpu() for p in model.parameters()])
+
+
+class _Prefix:
+    """Keys and values of a token prefix (batch 1), reused by every prompt that starts with it."""
+
+    def __init__(self, ids: list[int], cache: Any, fingerprint: torch.Tensor) -> None:
+        self.ids, self.cache, self.fingerprint = ids, cache, fingerprint
+
+    @classmethod
+    def build(cls, model: Any, ids: list[int], device: torch.device) -> _Prefix:
+        cache = DynamicCache()
+        x = torch.tensor([ids], dtype=torch.long, device=device)
+        model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, **cache_kwarg(model, cache),
+              **logits_kwarg(model))
+        return cls(list(ids), cache, _fingerprint(model))
+
+    def valid(self, model: Any) -> bool:
+        return torch.equal(self.fingerprint, _fingerprint(model))
+
+    def expanded(self, n: int) -> Any:
+        """A fresh cache holding the prefix for ``n`` rows (views; the forward's append copies them)."""
+        cache = copy.copy(self.cache)
+        cache.layers = []
+        for layer in self.cache.layers:
+            twin = copy.copy(layer)
+            twin.keys = layer.keys.expand(n, -1, -1, -1)
+            twin.values = layer.values.expand(n, -1, -1, -1)
+            cache.layers.append(twin)
+        return cache
 
 
 def _buffered(layer: Any, spare: int = 64) -> None:

@@ -31,10 +31,13 @@ class HFChatModel:
         device: ``"cpu"`` (default), ``"cuda"``, ...
         max_batch_size: most requests decoded together.
         model / tokenizer: already-loaded objects instead of ``path`` (e.g. the policy being trained).
+        prefix_cache_tokens: shortest prompt prefix shared by concurrent or consecutive requests whose keys and
+            values the engine caches and reuses (the system message of an environment); 0 turns it off.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, dtype: str = "float32", device: str = "cpu",
-                 max_batch_size: int = 32, model: Any = None, tokenizer: Any = None, name: str | None = None) -> None:
+                 max_batch_size: int = 32, model: Any = None, tokenizer: Any = None, name: str | None = None,
+                 prefix_cache_tokens: int = 64) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +62,8 @@ class HFChatModel:
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
             eos_ids.add(tokenizer.eos_token_id)
-        self.engine = GenerationEngine(model, tokenizer, max_batch_size=max_batch_size, eos_token_ids=sorted(eos_ids))
+        self.engine = GenerationEngine(model, tokenizer, max_batch_size=max_batch_size, eos_token_ids=sorted(eos_ids),
+                                       min_prefix_tokens=prefix_cache_tokens)
 
     def prompt_ids(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The chat-templated prompt, ending with the assistant generation prompt."""

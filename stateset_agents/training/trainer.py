@@ -554,6 +554,9 @@ class GRPOTrainer:
         self.model.eval()
         del head_weight
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout
+        engine = getattr(self.chat_model, "engine", None)
+        if engine is not None and hasattr(engine, "clear_prefix_cache"):
+            engine.clear_prefix_cache()  # its cached prompt-prefix keys/values were computed with the old weights
         if self.fsdp is not None:
             self.fsdp.gather()  # whole weights again for the next rollout
         totals = self.dist.all_reduce_sum(list(sums.values()))

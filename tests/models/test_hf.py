@@ -139,3 +139,62 @@ async def test_smollm2_greedy_alone_equals_batched():
     assert together[3].completion_ids == alone.completion_ids
     assert len(alone.text) > 10
     m.close()
+
+
+def _shared_prefix_prompts(n):
+    system = Message(role="system", content="You are the support agent of a shop. " * 6)  # well over 64 tokens
+    return [[system, Message(role="user", content="hello " * (i % 5 + 1) + f"request {i}")] for i in range(n)]
+
+
+async def test_prefix_cache_gives_the_tokens_and_logprobs_of_a_full_prefill(tiny_model_path):
+    from stateset_agents.models.hf import HFChatModel
+
+    cached, plain = HFChatModel(tiny_model_path), HFChatModel(tiny_model_path, prefix_cache_tokens=0)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=16)
+    prompts = _shared_prefix_prompts(8)
+    try:
+        for _ in range(2):  # the second round reuses the prefix built in the first
+            got = await asyncio.gather(*[cached.chat(p, sampling=sampling.model_copy(update={"seed": i}))
+                                         for i, p in enumerate(prompts)])
+            want = await asyncio.gather(*[plain.chat(p, sampling=sampling.model_copy(update={"seed": i}))
+                                          for i, p in enumerate(prompts)])
+            assert [c.completion_ids for c in got] == [c.completion_ids for c in want]
+            for g, w in zip(got, want, strict=True):
+                assert g.prompt_ids == w.prompt_ids
+                assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=1e-4)
+        s = cached.engine.stats
+        assert s.prefix_builds == 1 and s.prefix_hits >= 2 and s.prefix_tokens_reused >= 64 * 16
+        assert plain.engine.stats.prefix_hits == 0
+    finally:
+        cached.close()
+        plain.close()
+
+
+async def test_prefix_cache_is_dropped_when_the_weights_change(tiny_model_path):
+    from stateset_agents.models.hf import HFChatModel
+
+    cached = HFChatModel(tiny_model_path)
+    prompts = _shared_prefix_prompts(4)
+    try:
+        await asyncio.gather(*[cached.chat(p, sampling=GREEDY) for p in prompts])
+        assert cached.engine.stats.prefix_builds == 1
+        with torch.no_grad():  # an optimiser step, as far as the engine can tell
+            for p in cached.model.parameters():
+                p.mul_(1.5)
+        got = await asyncio.gather(*[cached.chat(p, sampling=GREEDY) for p in prompts])
+        fresh = HFChatModel(tiny_model_path, prefix_cache_tokens=0)
+        with torch.no_grad():
+            for p in fresh.model.parameters():
+                p.mul_(1.5)
+        want = await asyncio.gather(*[fresh.chat(p, sampling=GREEDY) for p in prompts])
+        fresh.close()
+        assert [c.completion_ids for c in got] == [c.completion_ids for c in want]
+        flat = [lp for c in got for lp in c.logprobs]
+        assert flat == pytest.approx([lp for c in want for lp in c.logprobs], abs=1e-4)
+        assert cached.engine.stats.prefix_builds == 2  # rebuilt with the new weights
+        cached.engine.clear_prefix_cache()
+        cached.engine.clear_prefix_cache()
+        await cached.chat(prompts[1], sampling=GREEDY)
+        assert cached.engine.stats.prefix_builds == 3  # built again after the explicit clear
+    finally:
+        cached.close()
