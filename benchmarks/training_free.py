@@ -225,11 +225,14 @@ import json, resource, sys
 sys.path.insert(0, {root!r})
 import torch, transformers
 from benchmarks.training_free import conversations, make_library
-def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-def now():
+def status(field):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
+# ru_maxrss is not reset by exec on Linux: a child started by a parent holding SmolLM2 would report the parent's
+# ~3 GB. VmHWM is this process's own high-water mark.
+def rss(): return status("VmHWM")
+def now(): return status("VmRSS")
 base = now()
 from stateset_agents.rewards.embeddings import default_embedder
 emb = default_embedder()

@@ -265,7 +265,9 @@ class ExperienceLibrary(BaseModel):
         pool = [i for i, e in enumerate(self.experiences) if _in_domain(e, domain)]
         if not pool or k <= 0:
             return []
-        sims = self._all_vectors()[pool] @ self.embed([query])[0]
+        matrix = self._all_vectors()
+        # the whole library (no domain filter) needs no gathered copy of the matrix
+        sims = (matrix if len(pool) == len(matrix) else matrix[pool]) @ self.embed([query])[0]
         k = min(k, len(pool))
         top = np.argpartition(-sims, k - 1)[:k] if k < len(pool) else np.arange(len(pool))
         top = sorted(top, key=lambda j: (-float(sims[j]), pool[j]))
