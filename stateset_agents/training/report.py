@@ -74,7 +74,8 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
             ax.plot(xs, ys, label=c.split("/", 1)[1])
     ax.set_title("reward components (means)")
     ax.set_xlabel("step")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax = axes[2]
     for key in ("kl", "clip_fraction", "entropy", "grad_norm"):
         xs, ys = _series(rows, key)
@@ -82,7 +83,10 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
             ax.plot(xs, ys, label=key)
     ax.set_title("optimisation")
     ax.set_xlabel("step")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a Training-Free run logs none of these
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no weight updates in this run", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     path = Path(out) if out is not None else Path(run_dir) / "plot.png"
     tmp = path.with_name(f".{path.name}.tmp.png")

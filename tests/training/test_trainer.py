@@ -365,3 +365,12 @@ def test_shared_prefix_update_equals_the_plain_update(tiny_model_path, tmp_path)
     scale = max(float(g.abs().max()) for g in g_plain.values())
     diff = max(float((g_shared[k] - g_plain[k]).abs().max()) for k in g_plain)
     assert scale > 0 and diff < 1e-4 * scale, (scale, diff)
+
+
+def test_report_plots_a_run_without_weight_updates(tmp_path):
+    """A Training-Free run logs rewards but no loss statistics: the plot is made without warnings."""
+    from stateset_agents.training.report import plot_run
+
+    rows = [{"step": i + 1, "reward": 0.4 + 0.01 * i, "reward_std": 0.1, "success_rate": 0.0} for i in range(3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_run(tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
