@@ -40,7 +40,7 @@ import asyncio
 import copy
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -252,7 +252,7 @@ class GenerationEngine:
         if cached is not None and not cached.valid(self.model):
             cached = self._prefix = None
         limit = min(len(x) for x in prompts) - 1  # every row keeps at least one token to feed
-        p = _common_prefix_len(prompts + ([self._last_prompt] if self._last_prompt else []), limit)
+        p = common_prefix_len(prompts + ([self._last_prompt] if self._last_prompt else []), limit)
         self._last_prompt = list(prompts[0])
         fits = cached is not None and len(cached.ids) <= limit and all(
             x[:len(cached.ids)] == cached.ids for x in prompts)
@@ -345,15 +345,19 @@ class GenerationEngine:
             r.text = self.tokenizer.decode(r.out_ids, skip_special_tokens=True)
 
 
-def _common_prefix_len(seqs: list[list[int]], limit: int) -> int:
+def common_prefix_len(seqs: Sequence[Sequence[int]], limit: int | None = None) -> int:
+    """Length of the longest token prefix shared by every sequence (at most ``limit``). The engine's prefix cache
+    and the trainer's shared-prefix forward both use it."""
     first = seqs[0]
-    n = min(limit, len(first))
+    n = len(first) if limit is None else min(limit, len(first))
     for x in seqs[1:]:
         n = min(n, len(x))
         i = 0
         while i < n and x[i] == first[i]:
             i += 1
         n = i
+        if n == 0:
+            break
     return max(n, 0)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..models._compat import cache_kwarg
+from ..models.engine import common_prefix_len as _token_prefix_len
 from .batch import Batch, Sample, collate
 
 __all__ = ["MIN_SHARED_PREFIX", "PrefixBatch", "collate_shared_prefix", "common_prefix_len", "shared_prefix_hidden"]
@@ -43,18 +44,7 @@ class PrefixBatch(Batch):
 
 def common_prefix_len(samples: Sequence[Sample]) -> int:
     """Length of the longest token prefix that every sample's prompt starts with."""
-    first = samples[0].input_ids[:samples[0].completion_start]
-    n = len(first)
-    for s in samples[1:]:
-        n = min(n, s.completion_start)
-        ids = s.input_ids
-        i = 0
-        while i < n and ids[i] == first[i]:
-            i += 1
-        n = i
-        if n == 0:
-            break
-    return n
+    return _token_prefix_len([s.input_ids[:s.completion_start] for s in samples])
 
 
 def collate_shared_prefix(samples: Sequence[Sample], pad_id: int, device: torch.device | str = "cpu") -> PrefixBatch:

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -65,12 +66,20 @@ __all__ = ["GRPOTrainer", "step_seed"]
 
 
 def _peak_rss_mb() -> float | None:
+    """This process's host-memory high-water mark. Linux: ``VmHWM`` (``ru_maxrss`` survives ``exec``, so a job
+    started by a large parent, such as the server, would report the parent's peak); elsewhere ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     try:
         import resource
-    except ImportError:  # not on Windows
+    except ImportError:  # Windows
         return None
-    # ru_maxrss is KiB on Linux, bytes on macOS
-    scale = 1 / 2**20 if os.uname().sysname == "Darwin" else 1 / 1024
+    scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 1024  # bytes on macOS, KiB elsewhere
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
@@ -554,9 +563,7 @@ class GRPOTrainer:
         self.model.eval()
         del head_weight
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout
-        engine = getattr(self.chat_model, "engine", None)
-        if engine is not None and hasattr(engine, "clear_prefix_cache"):
-            engine.clear_prefix_cache()  # its cached prompt-prefix keys/values were computed with the old weights
+        self.chat_model.engine.clear_prefix_cache()  # its cached prompt-prefix keys/values used the old weights
         if self.fsdp is not None:
             self.fsdp.gather()  # whole weights again for the next rollout
         totals = self.dist.all_reduce_sum(list(sums.values()))
