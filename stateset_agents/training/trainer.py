@@ -54,6 +54,7 @@ from .checkpoint import (
 from .config import GRPOConfig
 from .dist import DistContext
 from .losses import clipped_surrogate, gae, group_advantages, k3_kl, loss_weights, token_logprobs
+from .metrics_io import keep_rows_through_step
 from .prefix import (
     MIN_SHARED_PREFIX,
     PrefixBatch,
@@ -264,7 +265,7 @@ class GRPOTrainer:
             if ckpt is not None:
                 self.load_checkpoint(ckpt)
             if self.dist.is_main:
-                _drop_metrics_after(self.run_dir / "metrics.jsonl", self.step)
+                keep_rows_through_step(self.run_dir / "metrics.jsonl", self.step)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
@@ -781,19 +782,6 @@ class GRPOTrainer:
         self.step = int(state["step"])
         if self.fsdp is None:
             self.dist.broadcast_parameters(self.params)
-
-
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """Keep the metric lines of steps <= ``step`` (atomically: temp file + rename)."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
-    if len(keep) == len([x for x in lines if x.strip()]):
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _json_default(o: Any) -> Any:

@@ -532,8 +532,10 @@ class TrainingFreeGRPO:
         self.learner.stats.update(state.get("learner_stats", {}))
         self.step = int(state["step"])
         self.library.save(self.run_dir / "experiences.json")
+        from .metrics_io import keep_rows_through_step
+
         for name in ("metrics.jsonl", "learner.jsonl"):
-            _truncate_log(self.run_dir / name, self.step)
+            keep_rows_through_step(self.run_dir / name, self.step)
 
 
 # ------------------------------------------------------------------ helpers
