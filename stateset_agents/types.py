@@ -15,6 +15,7 @@ __all__ = [
     "Message",
     "RewardResult",
     "Role",
+    "SamplingParams",
     "ToolCall",
     "Trajectory",
     "TrajectoryGroup",
@@ -74,13 +75,29 @@ class Message(_Strict):
         return out
 
 
+class SamplingParams(_Strict):
+    """How to sample one completion (also recorded on the :class:`Completion` it produced)."""
+
+    temperature: float = Field(default=1.0, ge=0.0)
+    """0 means greedy decoding."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    max_new_tokens: int = Field(default=256, ge=1)
+    """Upper bound on generated tokens."""
+    stop: list[str] = Field(default_factory=list)
+    """Generation ends when any of these strings appears; the stop string is not returned."""
+    seed: int | None = None
+    """Per-request seed for reproducible sampling."""
+
+
 class Completion(_Strict):
     """What a ChatModel returns for one ``chat()`` call.
 
     For local models the token data is filled in: ``prompt_ids`` (the chat-templated prompt),
     ``completion_ids`` (the sampled tokens) and ``logprobs`` (per sampled token, the log-probability
-    under the distribution it was sampled from, after temperature and top-p). The trainer uses them as
-    the old policy's log-probs.
+    under the distribution it was sampled from, after temperature and top-p) and ``sampling`` (the
+    parameters it was drawn with). The trainer uses the log-probs as the old policy's and scores its own
+    log-probs under the same ``sampling``, read from here.
     """
 
     text: str
@@ -91,6 +108,8 @@ class Completion(_Strict):
     logprobs: list[float] | None = None
     model: str | None = None
     usage: dict[str, int] = Field(default_factory=dict)
+    sampling: SamplingParams | None = None
+    """The sampling parameters this completion was drawn with (None: unknown, e.g. a demonstration)."""
 
     @model_validator(mode="after")
     def _check_lengths(self) -> Completion:

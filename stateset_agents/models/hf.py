@@ -101,7 +101,8 @@ class HFChatModel:
                           finish_reason="tool_calls" if calls and result.finish_reason == "stop" else result.finish_reason,
                           prompt_ids=prompt, completion_ids=result.completion_ids, logprobs=result.logprobs,
                           model=self.name, usage={"prompt_tokens": len(prompt),
-                                                  "completion_tokens": len(result.completion_ids)})
+                                                  "completion_tokens": len(result.completion_ids)},
+                          sampling=sampling)
 
     def close(self) -> None:
         self.engine.close()

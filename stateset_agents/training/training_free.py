@@ -35,11 +35,9 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ConfigError, TrainingError
 from ..models.base import SamplingParams
@@ -48,164 +46,11 @@ from ..rollout import rollout
 from ..types import TrajectoryGroup
 from .experience import OP_NAMES, ExperienceLibrary
 from .semantic_advantage import LearnerFailed, SemanticLearner, consolidate_by_embedding
+from .tf_config import LearnerEndpoint, TrainingFreeConfig
 
 __all__ = ["LearnerEndpoint", "TrainingFreeConfig", "TrainingFreeGRPO", "build_training_free"]
 
 log = logging.getLogger(__name__)
-
-
-class LearnerEndpoint(BaseModel):
-    """An OpenAI-compatible endpoint as the learner (vLLM, Ollama, llama.cpp server, OpenAI)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str
-    """The API root, e.g. ``http://127.0.0.1:8000/v1``."""
-    model: str
-    """The model name the server expects."""
-    api_key_env: str = "OPENAI_API_KEY"
-    """Environment variable holding the API key (no key is sent when it is unset)."""
-    timeout: float = Field(default=120.0, gt=0)
-    """Seconds per request."""
-    max_retries: int = Field(default=3, ge=0)
-    """Retries of failed requests (429, 5xx, timeouts), with backoff."""
-
-    @model_validator(mode="after")
-    def _url(self) -> LearnerEndpoint:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"learner.base_url {self.base_url!r} must start with http:// or https:// "
-                             "(e.g. http://127.0.0.1:8000/v1)")
-        return self
-
-
-class TrainingFreeConfig(BaseModel):
-    """Training-Free GRPO's configuration (see docs/training_free.md for every field with its default)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    algorithm: Literal["training_free"] = "training_free"
-    """Which trainer: ``training_free`` here (``grpo`` selects the GRPO trainer)."""
-
-    # ------------------------------------------------------------ who acts, who learns, on what
-    model: str = "default"
-    """The agent: ``default`` (SmolLM2-135M-Instruct) or a local model folder. Its weights never change."""
-    learner: str | LearnerEndpoint = "same"
-    """Who writes the experiences: ``same``/``default`` (the agent's model), a local model folder, or
-    ``{base_url, model, api_key_env}`` for an OpenAI-compatible endpoint."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where local models run: ``auto`` picks cuda when available."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Local models' dtype: ``auto`` is bfloat16 on GPU, float32 on CPU."""
-    env: str = "customer_service"
-    """Environment pack: a built-in name (customer_service, tech_support, sales) or a pack folder."""
-    domain: str | None = None
-    """The agent's strategy prompt and the experiences' domain tag; default: the pack's domain."""
-    reward: str = "customer_service"
-    """Reward preset name (rewards/presets) or a preset YAML path."""
-    train_split: Literal["train", "test", "all"] = "train"
-    """Scenarios the library learns from."""
-    scenarios: list[str] | None = None
-    """Learn only from these scenario ids (of ``train_split``); default: all of the split."""
-    eval_split: Literal["train", "test", "all"] = "test"
-    """Scenarios to evaluate on."""
-    eval_scenarios: list[str] | None = None
-    """Evaluate only these scenario ids; default: all of ``eval_split``."""
-
-    # ------------------------------------------------------------ rollouts
-    group_size: int = Field(default=4, ge=2)
-    """Episodes per scenario per step: the group whose members are compared."""
-    scenarios_per_step: int = Field(default=4, ge=1)
-    """Scenarios per step (the batch whose proposals are consolidated together)."""
-    epochs: int = Field(default=2, ge=1)
-    """Passes over the train scenarios."""
-    max_steps: int | None = Field(default=None, ge=1)
-    """Stop after this many steps (default: ``epochs`` x batches per epoch)."""
-    temperature: float = Field(default=0.7, gt=0)
-    """Sampling temperature of the agent's rollouts (diversity within a group is what gets compared)."""
-    max_new_tokens: int = Field(default=64, ge=1)
-    """Most new tokens per agent turn."""
-    max_turns: int | None = Field(default=None, ge=2)
-    """Agent turns before an episode is truncated; default: the pack's."""
-    context_tokens: int = Field(default=2048, ge=64)
-    """The agent's prompt budget (older turns are condensed beyond it)."""
-    rollout_concurrency: int = Field(default=64, ge=1)
-    """Episodes in flight at once."""
-    max_batch_size: int = Field(default=64, ge=1)
-    """Most sequences a local model's engine decodes together."""
-
-    # ------------------------------------------------------------ the learner
-    learner_temperature: float = Field(default=0.3, ge=0)
-    """The learner's sampling temperature."""
-    learner_max_new_tokens: int = Field(default=384, ge=16)
-    """Most tokens per learner answer."""
-    learner_retries: int = Field(default=2, ge=0)
-    """Extra attempts after an invalid learner answer (the error is fed back); then the group is skipped."""
-    learner_concurrency: int = Field(default=8, ge=1)
-    """Learner calls in flight at once."""
-    summarize: bool = True
-    """Summarise each trajectory first (one learner call each), as in the paper; false shows transcripts."""
-    transcript_chars: int = Field(default=3000, ge=200)
-    """Characters of each transcript shown to the learner."""
-    library_view: int = Field(default=20, ge=1)
-    """Most experiences shown to the learner per group (the most similar to the scenario)."""
-    max_ops_per_group: int = Field(default=3, ge=1)
-    """Most operations one group may propose."""
-    consolidation: Literal["learner", "embedding"] = "learner"
-    """Batch-level merge of proposals: one learner call, or embedding similarity (no call)."""
-    advantage_scale: float = Field(default=1.0, gt=0)
-    """The reward spread within a group that counts as full-strength evidence (confidence, see docs)."""
-
-    # ------------------------------------------------------------ the library
-    library_max_size: int = Field(default=50, ge=1)
-    """Most experiences; beyond it the lowest-confidence one is evicted."""
-    word_limit: int = Field(default=32, ge=4)
-    """Most words per experience."""
-    prompt_top_k: int = Field(default=8, ge=1)
-    """Most experiences in the agent's prompt; beyond it, the top-k most similar to the conversation."""
-    dedup_threshold: float = Field(default=0.9, gt=0, le=1)
-    """Cosine similarity (all-MiniLM-L6-v2) at or above which an added experience merges into an existing one."""
-    seed: int = 0
-    """Seeds the scenario order, rollouts and learner sampling."""
-
-    # ------------------------------------------------------------ evaluation, checkpoints, logging
-    eval_before: bool = True
-    """Evaluate on the eval scenarios before learning (empty library): ``eval_before.json``."""
-    eval_after: bool = True
-    """Evaluate after learning, with the same seeds: ``eval_after.json``."""
-    eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    """One evaluation per seed; the reports give mean and spread over seeds."""
-    eval_k: int = Field(default=1, ge=1)
-    """Trials per eval scenario per seed."""
-    eval_temperature: float = Field(default=0.7, ge=0)
-    """Sampling temperature during evaluation."""
-    save_every: int = Field(default=1, ge=0)
-    """Checkpoint every N steps (0: only at the end). The library itself is saved after every step."""
-    keep_checkpoints: int = Field(default=2, ge=1)
-    """Most recent checkpoints kept."""
-    output_dir: str = "runs/training_free"
-    """The run folder (see the module docs)."""
-    progress: bool = True
-    """Show a live progress display (rich)."""
-
-    @model_validator(mode="after")
-    def _cross_checks(self) -> TrainingFreeConfig:
-        for name in ("scenarios", "eval_scenarios"):
-            ids = getattr(self, name)
-            if ids is not None and not ids:
-                raise ValueError(f"{name} is an empty list; leave it out to use the whole split")
-            if ids is not None and len(set(ids)) != len(ids):
-                raise ValueError(f"{name} has duplicates: {ids}; list each id once")
-        if (self.eval_before or self.eval_after) and not self.eval_seeds:
-            raise ValueError("eval_seeds is empty; give at least one seed, or set eval_before and eval_after "
-                             "to false")
-        if len(set(self.eval_seeds)) != len(self.eval_seeds):
-            raise ValueError(f"eval_seeds has duplicates: {self.eval_seeds}; list each seed once")
-        if isinstance(self.learner, str) and not self.learner.strip():
-            raise ValueError("learner is empty; use 'same', a model folder, or {base_url, model}")
-        return self
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 class TrainingFreeGRPO:

@@ -87,7 +87,7 @@ def _train_processes(run_dir: str) -> list[int]:
 @pytest.mark.parametrize(("change", "param", "message"), [
     ({"learning_rat": 0.1}, "config", "unknown field 'learning_rat': remove it or check its spelling"),
     ({"group_size": 1}, "config", "field 'group_size': Input should be greater than or equal to 2"),
-    ({"algorithm": "ppo"}, "config", "field 'algorithm': 'ppo' is not 'grpo' or 'training_free'"),
+    ({"algorithm": "ppo"}, "config", "field 'algorithm': 'ppo' is not one of 'grpo', 'sft', 'training_free'"),
     ({"model": "/etc"}, "config.model", "field 'config.model': '/etc' resolves to '/etc', outside the directories"),
     ({"env": "{allowed}/../../../etc"}, "config.env", "outside the directories jobs may use"),
     ({"reward": "{root}/outside.yaml"}, "config.reward", "outside the directories jobs may use"),

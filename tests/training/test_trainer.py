@@ -85,7 +85,7 @@ def test_config_yaml_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="use importance_sampling_level 'token'"):
         load_config(f)
     f.write_text("algorithm: ppo\n")
-    with pytest.raises(ConfigError, match="'ppo' is not 'grpo' or 'training_free'"):
+    with pytest.raises(ConfigError, match="'ppo' is not one of 'grpo', 'sft', 'training_free'"):
         load_config(f)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")

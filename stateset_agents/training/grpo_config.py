@@ -1,0 +1,76 @@
+"""GRPOConfig: the GRPO trainer's own fields, on top of :class:`~.run_config.PolicyConfig` (see docs/training.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .run_config import PolicyConfig
+
+__all__ = ["GRPOConfig"]
+
+
+class GRPOConfig(PolicyConfig):
+    """The GRPO trainer's configuration (see docs/training.md for every field with its default)."""
+
+    algorithm: Literal["grpo"] = "grpo"
+    """Which trainer: ``grpo`` here (``sft`` and ``training_free`` select the others)."""
+    output_dir: str = "runs/grpo"
+    """The run folder: config, metrics.jsonl, checkpoints, eval results, plot."""
+
+    # ------------------------------------------------------------ rollouts
+    group_size: int = Field(default=4, ge=2)
+    """Episodes per scenario per step (G): the group advantages are computed within."""
+    scenarios_per_step: int = Field(default=4, ge=1)
+    """Scenarios (groups) per step, drawn without replacement from the train scenarios (over all processes)."""
+    max_steps: int = Field(default=20, ge=1)
+    """Training steps (one rollout batch each)."""
+
+    # ------------------------------------------------------------ the objective
+    beta: float = Field(default=0.0, ge=0)
+    """KL coefficient against the reference policy (k3 estimator); 0 turns the reference off."""
+    epsilon: float = Field(default=0.2, gt=0, lt=1)
+    """Lower clip range: the ratio is clipped below at ``1 - epsilon``."""
+    epsilon_high: float | None = Field(default=None, gt=0)
+    """Upper clip range (DAPO's clip-higher): clipped above at ``1 + epsilon_high``; default ``epsilon``."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = "dapo"
+    """Loss normalisation: per-trajectory mean (grpo), constant budget (dr_grpo), or per token (dapo)."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """Importance ratio per token (GRPO) or one per agent turn (GSPO)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide centred rewards by the group's std, the batch's std, or nothing (Dr. GRPO)."""
+    advantage_estimator: Literal["grpo", "gae"] = "grpo"
+    """``grpo``: group-relative advantages; ``gae``: a value head and GAE over agent turns (PPO-style)."""
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    """GAE discount per agent turn."""
+    gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    """GAE lambda."""
+    value_learning_rate: float = Field(default=1e-3, gt=0)
+    """Learning rate of the value head (``advantage_estimator: gae``)."""
+    num_iterations: int = Field(default=1, ge=1)
+    """Optimiser passes over one rollout batch (mu in the GRPO paper); > 1 makes the ratio and clipping bite."""
+    gradient_accumulation_steps: int | None = Field(default=None, ge=1)
+    """Micro-batches accumulated per optimiser update; None: the whole rollout batch, one update per iteration."""
+    mask_truncated: bool = False
+    """Exclude from the loss every agent turn that hit ``max_new_tokens`` (DAPO's overlong filtering)."""
+    skip_zero_variance_groups: bool = True
+    """Leave out of the loss groups whose rewards are all equal (their advantages are 0; saves compute)."""
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> GRPOConfig:
+        if self.warmup_steps >= self.max_steps and self.warmup_steps > 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be smaller than max_steps={self.max_steps}; "
+                             "lower warmup_steps or raise max_steps")
+        if self.advantage_estimator == "gae" and self.importance_sampling_level == "sequence":
+            raise ValueError("advantage_estimator 'gae' gives each turn its own advantage, which sequence-level "
+                             "importance sampling (GSPO) does not use per token; use importance_sampling_level 'token'")
+        if self.fsdp and (self.beta > 0 or self.advantage_estimator == "gae"):
+            raise ValueError(f"fsdp supports beta: 0 and advantage_estimator: grpo only (got beta={self.beta}, "
+                             f"advantage_estimator={self.advantage_estimator!r}); a sharded reference model and "
+                             "value head are not implemented - set beta: 0 and advantage_estimator: grpo")
+        return self
+
+    @property
+    def clip_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
