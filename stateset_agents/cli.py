@@ -6,7 +6,10 @@
                                               play one episode and print it
     stateset-agents demo                      play one scripted conversation per domain
     stateset-agents train CONFIG [--resume]   train with GRPO or Training-Free GRPO (the config's `algorithm`)
-    stateset-agents report RUN_DIR            plot a run's reward components over steps (RUN_DIR/plot.png)
+    stateset-agents report RUN_DIR            plot a run's reward components over steps (RUN_DIR/plot.png) and write
+                                              RUN_DIR/report.html (curves, before/after, every eval transcript)
+    stateset-agents show FILE [--scenario ID] [--failed] [--diff OTHER]
+                                              print transcripts (*.transcripts.jsonl), side by side with --diff
     stateset-agents eval --env NAME [--k 4] [--json OUT]
                                               success rate, reward, pass@k and pass^k on a split
     stateset-agents serve [--model default|PATH|RUN_DIR] [--port 8000]
@@ -132,6 +135,18 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _show(args: argparse.Namespace, console: Console) -> int:
+    from .transcripts import read_transcripts
+    from .transcripts_show import render, render_diff
+
+    records = read_transcripts(args.file)
+    if args.diff is not None:
+        render_diff(console, records, read_transcripts(args.diff), scenario=args.scenario, failed=args.failed)
+    else:
+        render(console, records, scenario=args.scenario, failed=args.failed)
+    return 0
+
+
 def _eval(args: argparse.Namespace, console: Console) -> int:
     import asyncio
 
@@ -218,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="a run folder with metrics.jsonl")
     report.add_argument("--out", default=None, help="PNG path (default RUN_DIR/plot.png)")
     report.set_defaults(func=_report)
+    show = sub.add_parser("show", help="print transcripts (*.transcripts.jsonl written by eval --json and train)")
+    show.add_argument("file", help="a transcripts file, e.g. RUN_DIR/eval_after.transcripts.jsonl")
+    show.add_argument("--scenario", default=None, help="only this scenario id")
+    show.add_argument("--failed", action="store_true", help="only failed episodes (with --diff: pairs where "
+                      "either side failed)")
+    show.add_argument("--diff", default=None, metavar="OTHER", help="a second transcripts file (e.g. the after "
+                      "evaluation): print the episodes paired by scenario and trial, side by side")
+    show.set_defaults(func=_show)
     ev = sub.add_parser("eval", help="evaluate a model: success rate, reward, pass@k and pass^k per domain")
     ev.add_argument("--env", nargs="+", default=["customer_service"],
                     help="one or more pack names, pack folders or registered env ids")
@@ -233,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-turns", type=int, default=None, help="agent messages per episode (default: the pack's)")
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--concurrency", type=int, default=32, help="episodes in flight at once")
-    ev.add_argument("--json", default=None, metavar="OUT", help="write the full report (every trial) as JSON")
+    ev.add_argument("--json", default=None, metavar="OUT", help="write the full report (every trial) as JSON, and every episode to "
+                    "OUT.transcripts.jsonl (see `stateset-agents show`)")
     ev.add_argument("--experiences", default=None, metavar="PATH",
                     help="an experience library (Training-Free GRPO) injected into the agent's prompt")
     ev.set_defaults(func=_eval)

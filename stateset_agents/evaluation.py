@@ -18,6 +18,10 @@ Every scenario is played ``k`` times with :func:`stateset_agents.rollout.rollout
 - **Seeds**: episode ``i`` of scenario ``s`` gets ``episode_seed(seed, s, i)``; the user simulator and each agent
   turn's sampling derive from it. The same ``seed`` therefore replays the same episodes for the same model, and
   gives two models the same random draws (a paired before/after comparison).
+- **Transcripts**: the report keeps every episode as a :class:`~stateset_agents.transcripts.Transcript`
+  (``report.transcripts``: messages, outcome, reward components, seed), not part of its JSON; :meth:`EvalReport.save`
+  writes them next to the JSON (``eval.json`` -> ``eval.transcripts.jsonl``) and :meth:`EvalReport.load` reads
+  them back when that file is there.
 - **Sharding**: with ``rank`` / ``world_size`` a process plays only ``pairs[rank::world_size]`` of the list of
   (domain, scenario) pairs; :meth:`EvalReport.merge` puts the shards back into exactly the report one process
   would have produced (seeds depend on the scenario id, not on the shard).
@@ -40,6 +44,7 @@ from rich.table import Table
 
 from .errors import ConfigError, SyncInAsyncError
 from .rollout import rollout
+from .transcripts import Transcript, read_transcripts, transcript, transcripts_path, write_transcripts
 from .types import RewardResult, TrajectoryGroup
 
 __all__ = [
@@ -236,6 +241,8 @@ class EvalReport(_Strict):
     """Free text shown in the table title (the CLI puts the experience library here)."""
     results: list[ScenarioResult]
     elapsed_s: float = 0.0
+    transcripts: list[Transcript] = Field(default_factory=list, exclude=True, repr=False)
+    """Every episode, in the order of ``results`` (not in the JSON; :meth:`save` writes them as JSONL)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -281,8 +288,11 @@ class EvalReport(_Strict):
         return self.model_dump_json(indent=2)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the JSON atomically (temp file in the same folder, then rename); return the path."""
+        """Write the JSON atomically (temp file in the same folder, then rename); return the path. With
+        transcripts, also write them to ``transcripts_path(path)`` (``eval.json`` -> ``eval.transcripts.jsonl``)."""
         path = Path(path)
+        if self.transcripts:
+            write_transcripts(transcripts_path(path), self.transcripts)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -296,14 +306,19 @@ class EvalReport(_Strict):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EvalReport:
+        """Read a report written by :meth:`save`, with its transcripts when their file is next to it."""
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read evaluation report {str(path)!r}: {e}") from e
         try:
-            return cls.model_validate_json(text)
+            report = cls.model_validate_json(text)
         except ValueError as e:
             raise ConfigError(f"{str(path)!r} is not an evaluation report written by EvalReport.save: {e}") from e
+        side = transcripts_path(path)
+        if side.is_file():
+            report.transcripts = read_transcripts(side)
+        return report
 
     # ------------------------------------------------------------ shards
     @classmethod
@@ -326,7 +341,10 @@ class EvalReport(_Strict):
         if [s.index for s in results] != list(range(first.total_scenarios)):
             raise ConfigError(f"the shards hold {len(results)} scenarios but the evaluation has "
                               f"{first.total_scenarios}; merge the shards of one evaluation")
-        return first.model_copy(update={"rank": 0, "world_size": 1, "results": results,
+        order = {(s.domain, s.scenario_id): s.index for s in results}
+        transcripts = sorted((t for r in reports for t in r.transcripts),
+                             key=lambda t: (order.get((t.domain or "", t.scenario_id), -1), t.trial or 0))
+        return first.model_copy(update={"rank": 0, "world_size": 1, "results": results, "transcripts": transcripts,
                                         "elapsed_s": max(r.elapsed_s for r in reports)})
 
     # ------------------------------------------------------------ tables
@@ -553,6 +571,7 @@ async def aevaluate_domains(agent: Any, domains: Mapping[str, Sequence[Any]] | S
     mine = range(rank, len(pairs), world_size)
     start = time.perf_counter()
     results: list[ScenarioResult] = []
+    records: list[Transcript] = []
     for spec in specs:
         idx = [i for i in mine if pairs[i][0] is spec]
         if not idx:
@@ -566,11 +585,13 @@ async def aevaluate_domains(agent: Any, domains: Mapping[str, Sequence[Any]] | S
         for i, g, rs in zip(idx, groups, scores, strict=True):
             results.append(ScenarioResult(index=i, domain=spec.domain, scenario_id=g.scenario_id,
                                           trials=[_trial(t, r) for t, r in zip(g.trajectories, rs, strict=True)]))
+            records += [transcript(t, result=r, domain=spec.domain, trial=j)
+                        for j, (t, r) in enumerate(zip(g.trajectories, rs, strict=True))]
     model = getattr(getattr(agent if agent is not None else specs[0].agent, "model", None), "name", None)
     return EvalReport(k=k, seed=seed, rank=rank, world_size=world_size, domains=[s.domain for s in specs],
                       total_scenarios=len(pairs), model=model if isinstance(model, str) else None,
                       reward=getattr(reward, "name", type(reward).__name__) if reward is not None else None,
-                      results=results, elapsed_s=round(time.perf_counter() - start, 3))
+                      results=results, elapsed_s=round(time.perf_counter() - start, 3), transcripts=records)
 
 
 async def aevaluate(agent: Any, env_factory: Callable[[], Any], scenarios: Sequence[str], *, k: int = 4,

@@ -177,7 +177,7 @@ async def test_report_counts_successes_errors_rewards_and_pass_metrics(tmp_path)
     assert "errors" in text and "pass^4" in text and f"({4 + sum(coin)}/16)" in text and "efficiency" in text
 
     path = report.save(tmp_path / "sub" / "eval.json")
-    assert [p.name for p in path.parent.iterdir()] == ["eval.json"]  # no temp file left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == ["eval.json", "eval.transcripts.jsonl"]  # no temp file
     loaded = EvalReport.load(path)
     assert loaded == report
     data = json.loads(path.read_text())
