@@ -1,7 +1,8 @@
 """The ``stateset-agents`` command line.
 
     stateset-agents envs list                 environments and scenario counts per split
-    stateset-agents envs validate PATH|NAME   check a pack: schema, references, reference solutions
+    stateset-agents envs validate PATH|NAME   check a pack: schema, references, reference solutions, audit
+    stateset-agents envs audit PATH|NAME      play degenerate policies; fail if any solves a scenario
     stateset-agents chat --env ID [--scenario ID] [--model PATH|URL] [--as agent|user]
                                               play one episode and print it
     stateset-agents demo                      play one scripted conversation per domain
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import StatesetError
 
@@ -47,34 +51,49 @@ def _envs_list(args: argparse.Namespace, console: Console) -> int:
 
 def _envs_validate(args: argparse.Namespace, console: Console) -> int:
     from .envs.validation_report import validate_pack
+    from .resolve import resolve_env
 
-    pack, checks = validate_pack(args.pack)
+    pack, checks = validate_pack(resolve_env(args.pack)[0])
     bad = [c for c in checks if not c.ok]
     for c in bad:
         o = c.outcome
-        console.print(f"[red]FAIL[/] {c.scenario_id}: score={o['score']:.2f} goal={o['goal_reached']} "
-                      f"state_diff={o['state_diff']} facts={o['facts_told']} forbidden={o['forbidden_actions']} "
-                      f"ended_by={o['ended_by']}", soft_wrap=True)
+        console.print(f"[red]FAIL[/] {c.scenario_id}: progress={o['progress']:.2f} goal={o['goal_reached']} "
+                      f"state_diff={o['state_diff']} facts={o['facts_told']} actions={o['actions_made']} "
+                      f"forbidden={o['forbidden_actions']} ended_by={o['ended_by']}", soft_wrap=True)
     n_test = sum(c.split == "test" for c in checks)
     console.print(f"pack {pack.name!r}: {len(checks)} scenarios ({len(checks) - n_test} train, {n_test} test), "
-                  f"{len(pack.tools)} tools; reference solutions scoring 1.0: {len(checks) - len(bad)}/{len(checks)}",
+                  f"{len(pack.tools)} tools; reference solutions that succeed: {len(checks) - len(bad)}/{len(checks)}",
                   soft_wrap=True)
-    return 1 if bad else 0
+    audit_rc = 0 if args.no_audit else _envs_audit(args, console, pack)
+    return 1 if bad or audit_rc else 0
+
+
+def _envs_audit(args: argparse.Namespace, console: Console, pack: object = None) -> int:
+    from .envs.audit import audit_pack
+    from .envs.audit_report import print_audit, save_audit
+
+    report = audit_pack(pack if pack is not None else args.pack, split=args.split, seeds=tuple(args.seeds))
+    print_audit(report, console)
+    if args.json:
+        console.print(f"audit: {save_audit(report, args.json)}", highlight=False)
+    return 0 if report.ok else 1
 
 
 def _chat(args: argparse.Namespace, console: Console) -> int:
     import asyncio
 
-    import gymnasium as gym
-
     from .chat import load_model, play_chat
+    from .envs import ConversationEnv
+    from .resolve import resolve_env
 
     experiences = None
     if args.experiences is not None:  # read before the (slow) model load, so a bad path fails at once
         from .training.experience import ExperienceLibrary
 
         experiences = ExperienceLibrary.load(args.experiences)
-    env = gym.make(args.env, scenario=args.scenario, split="all").unwrapped
+    pack, kwargs = resolve_env(args.env)
+    kwargs.update(scenario=args.scenario, split="all")
+    env = ConversationEnv(pack, **kwargs)
     model = None if args.as_ == "agent" else load_model(args.model, model_name=args.model_name)
     try:
         asyncio.run(play_chat(env, model=model, human=args.as_, seed=args.seed, console=console,
@@ -95,7 +114,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from .training import load_config
     from .training.build import build_trainer
 
-    config = load_config(args.config, output_dir=args.output_dir, max_steps=args.max_steps)
+    config = _resolve_config_env(load_config(args.config, output_dir=args.output_dir, max_steps=args.max_steps))
     trainer = build_trainer(config)
     is_main = getattr(getattr(trainer, "dist", None), "is_main", True)
     resume: bool | str = args.resume
@@ -124,6 +143,18 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         console.print(f"done: {summary['steps']} steps; metrics {summary['run_dir']}/metrics.jsonl; plot {plot}",
                       highlight=False)
     return 0
+
+
+def _resolve_config_env(config: Any) -> Any:
+    """The config's ``env`` through the one resolver, checked before any model loads: a registered id becomes
+    its pack's folder (the trainers load packs by name or folder); a pack name or folder stays as written."""
+    from .envs import registered_envs
+    from .resolve import resolve_env
+
+    pack, _ = resolve_env(config.env)
+    if config.env in registered_envs():
+        return config.model_copy(update={"env": str(pack.path)})
+    return config
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
@@ -192,23 +223,35 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def _serve(args: argparse.Namespace, console: Console) -> int:
+    from .chat import check_model_folder
     from .serving.cli import run
 
+    if os.path.isdir(args.model):
+        check_model_folder(args.model)  # a broken config.json fails here, not in the server's startup
     return run(args, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stateset-agents", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="stateset-agents", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     envs = sub.add_parser("envs", help="list and validate conversation environments")
     envs_sub = envs.add_subparsers(dest="envs_command", required=True)
     envs_sub.add_parser("list", help="environments and scenario counts").set_defaults(func=_envs_list)
     v = envs_sub.add_parser("validate", help="check a pack and replay its reference solutions")
     v.add_argument("pack", help="a pack folder (with pack.yaml) or a built-in pack name")
+    v.add_argument("--no-audit", action="store_true", help="skip the degenerate-policy audit")
+    au = envs_sub.add_parser("audit", help="play degenerate policies on a pack; exit 1 if any games the judge")
+    au.add_argument("pack", help="a pack folder (with pack.yaml) or a built-in pack name")
+    au.set_defaults(func=_envs_audit, no_audit=False)
+    for p in (v, au):
+        p.add_argument("--split", choices=["train", "test", "all"], default="all", help="scenarios to audit")
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="episode seeds (default 0 1 2)")
+        p.add_argument("--json", default=None, metavar="OUT", help="also write the audit report as JSON")
     v.set_defaults(func=_envs_validate)
     chat = sub.add_parser("chat", help="play one episode: the model, or you, as the agent or the user")
-    chat.add_argument("--env", default="stateset/CustomerService-v0", help="a registered environment id")
+    chat.add_argument("--env", default="stateset/CustomerService-v0",
+                      help="a registered environment id, a built-in pack name or a pack folder")
     chat.add_argument("--scenario", default=None, help="scenario id (default: drawn with --seed)")
     chat.add_argument("--model", default=None, help="model folder or OpenAI-compatible URL (default: SmolLM2)")
     chat.add_argument("--model-name", default="default", help="model name sent to an OpenAI-compatible URL")
@@ -270,14 +313,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors in one line with the fix (the verb's --help), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+_YAML_MARK = re.compile(r'^in "[^"]*", line (\d+), column (\d+):?$')
+
+
+def one_line(message: str) -> str:
+    """An error message on one line. A YAML parser's source excerpts (mark line, source line, caret) become
+    ``(line N, column M)`` and the fix is added."""
+    out: list[str] = []
+    skip, line = 0, None
+    for raw in message.splitlines():
+        text = raw.strip()
+        mark = _YAML_MARK.match(text)
+        if mark:
+            line = line or mark[1]
+            out.append(f"(line {mark[1]}, column {mark[2]})")
+            skip = 2  # the quoted source line and the caret under it
+        elif skip:
+            skip -= 1
+        elif text:
+            out.append(text)
+    joined = " ".join(out)
+    return joined + (f"; fix the YAML syntax near line {line}" if line else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     try:
         return int(args.func(args, console))
     except StatesetError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("error:", "red"), " ", one_line(str(e))), highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:
+        console.print("interrupted", highlight=False)
+        return 130
 
 
 if __name__ == "__main__":

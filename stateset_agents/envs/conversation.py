@@ -11,7 +11,8 @@ message. Each ``step(action)`` takes the agent's message text:
 
 The episode terminates when the user ends it (goal met, or gave up) or the agent does, and is truncated
 after ``max_turns`` agent messages, or when the user simulator fails (the error is in ``info["error"]``).
-The reward is 0 until the last step, which carries ``info["outcome"]["score"]`` in [0, 1].
+The reward is 0 until the last step, whose reward is ``info["outcome"]["success"]`` as 0.0 or 1.0
+(partial credit is in ``info["outcome"]["progress"]``; see :mod:`stateset_agents.envs.outcome`).
 
 The core is async (``areset``/``astep``); ``reset``/``step`` run it on a private event loop and refuse to
 run inside a running loop.
@@ -29,7 +30,7 @@ from gymnasium import spaces
 
 from ..errors import EpisodeError, PackError, SyncInAsyncError
 from ..types import Message, ToolCall
-from .outcome import compute_outcome, disclosures, facts_in, forbidden_statements_in, goal_reached
+from .outcome import EpisodeRecord, compute_outcome, disclosures, forbidden_statements_in, goal_reached
 from .pack import EnvPack, Scenario, load_pack
 from .toolcalls import parse_message
 from .tools import Database, ToolError, forbidden_hits, run_tool, validate_args
@@ -145,7 +146,7 @@ class ConversationEnv(gym.Env[str, str]):
         self.db: Database = copy.deepcopy(self.scenario.database)
         self.messages: list[Message] = [Message(role="system", content=self.pack.system_prompt)]
         self._turns = self._tool_calls = self._tool_errors = 0
-        self._told: set[str] = set()
+        self._record = EpisodeRecord(self.pack, self.scenario)
         self._forbidden: list[str] = []
         self._progress = False
         self._memory: dict[str, Any] = {}
@@ -201,10 +202,10 @@ class ConversationEnv(gym.Env[str, str]):
         if terminated or truncated:
             self._done = True
             self._outcome = compute_outcome(
-                self.pack, self.scenario, self.db, told=self._told, forbidden=self._forbidden,
+                self.pack, self.scenario, self.db, record=self._record, forbidden=self._forbidden,
                 turns_used=self._turns, tool_calls=self._tool_calls, tool_errors=self._tool_errors,
                 ended_by=self._ended_by or "", error=self._error)
-            reward = 0.0 if self._error else float(self._outcome["score"])
+            reward = float(self._outcome["success"])
         return obs, reward, terminated, truncated, self._info(role)
 
     # ---------------------------------------------------------------- helpers
@@ -222,9 +223,7 @@ class ConversationEnv(gym.Env[str, str]):
     def _judge_text(self, text: str) -> None:
         if not text:
             return
-        new = facts_in(self.scenario, text) - self._told
-        if new:
-            self._told |= new
+        if self._record.on_agent_text(text):
             self._progress = True
         self._forbidden += forbidden_statements_in(self.pack, self.scenario, text)
         self._forbidden += [f"disclosed_private_data:{k}" for k in disclosures(self.pack, self.scenario,
@@ -253,12 +252,14 @@ class ConversationEnv(gym.Env[str, str]):
             if not payload["ok"]:
                 self._tool_errors += 1
             content = json.dumps(payload, ensure_ascii=False, default=str)
+            self._record.on_tool_result(p.name or "", p.arguments if isinstance(p.arguments, dict) else {},
+                                        bool(payload["ok"]), content)
             self.messages.append(Message(role="tool", content=_clean(content), tool_call_id=call.id, name=call.name))
             lines.append(content)
         return _fit("\n".join(lines))
 
     async def _ask_user(self, agent_text: str | None) -> UserTurn | None:
-        told_goal = goal_reached(self.pack, self.scenario, self.db, self._told)
+        told_goal = goal_reached(self.pack, self.scenario, self.db, self._record.told)
         ctx = UserContext(pack=self.pack, scenario=self.scenario, messages=list(self.messages),
                           agent_text=agent_text, np_random=self.np_random, seed=self._seed,
                           goal_met=told_goal, progress=self._progress, memory=self._memory)

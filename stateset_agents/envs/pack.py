@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import PackError
 
 __all__ = [
+    "ClaimSpec",
     "Condition",
     "EnvPack",
     "FactSpec",
@@ -31,6 +32,7 @@ __all__ = [
     "HiddenFact",
     "PackPolicy",
     "ReferenceStep",
+    "RequiredAction",
     "Scenario",
     "ToolEffect",
     "ToolSpec",
@@ -148,6 +150,32 @@ class ForbiddenStatement(_Strict):
     pattern: str
 
 
+class ClaimSpec(_Strict):
+    """An action the agent may say it took, and the database condition that backs it.
+
+    An agent sentence matching ``pattern`` (case-insensitive regular expression), outside a negated,
+    conditional or question clause, claims the action. The claim is backed when, at the end of the
+    episode, some record of ``table`` satisfies every ``where`` condition (``$record.FIELD``,
+    ``$policy.NAME``); with ``changed: true`` that record must also not have satisfied them in the seed
+    database. An unbacked claim is the forbidden action ``false_claim:ID``."""
+
+    id: str
+    description: str = ""
+    pattern: str
+    table: str
+    where: list[Condition] = Field(min_length=1)
+    changed: bool = False
+
+
+class RequiredAction(_Strict):
+    """A tool call success depends on (tau-bench's action matching): a call of ``tool`` that ran without a
+    tool error, whose arguments include every ``args`` entry (strings compare ignoring case and surrounding
+    spaces, numbers within 0.005)."""
+
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
 class Privacy(_Strict):
     """Fields of ``table`` that belong to one customer: saying another record's value is a disclosure."""
 
@@ -163,6 +191,8 @@ class PackPolicy(_Strict):
     privacy: Privacy | None = None
     free_text_fields: list[str] = Field(default_factory=list)
     """Fields left out when the end database is compared with the expected one (notes, summaries)."""
+    claims: list[ClaimSpec] = Field(default_factory=list)
+    """Actions the agent may claim to have taken, each tied to a database condition (see ClaimSpec)."""
 
 
 class HiddenFact(_Strict):
@@ -199,10 +229,14 @@ class UserProfile(_Strict):
 
 
 class FactSpec(_Strict):
-    """Information the agent must tell the user: any of the phrases in an agent message."""
+    """Information the agent must tell the user: any of the phrases in an agent message, said after the
+    scenario's required actions (and, for a grounded fact, after a tool result that contained it)."""
 
     id: str
     any_of: list[str] = Field(min_length=1)
+    grounded: bool | None = None
+    """The agent can only know this fact from the database. None (default): inferred, true when a phrase
+    contains a value of the scenario's database that the user never says. See envs/grounding.py."""
 
 
 class Goal(_Strict):
@@ -243,6 +277,10 @@ class Scenario(_Strict):
     required_facts: list[FactSpec] = Field(default_factory=list)
     forbidden_actions: list[ForbiddenAction] = Field(default_factory=list)
     forbidden_statements: list[ForbiddenStatement] = Field(default_factory=list)
+    required_actions: list[RequiredAction] = Field(default_factory=list)
+    """Tool calls success requires (e.g. the verification lookup a refusal depends on)."""
+    claims: list[ClaimSpec] = Field(default_factory=list)
+    """Claims checked in this scenario in addition to the pack's."""
     reference: list[ReferenceStep] = Field(min_length=1)
     references: list[str] = Field(default_factory=list)
     """Example ideal agent replies (for similarity rewards)."""
@@ -363,7 +401,7 @@ def load_pack(name_or_path: str | os.PathLike[str]) -> EnvPack:
 
 
 def _load(path: Path) -> EnvPack:
-    from .validate import check_pack  # cross-references
+    from .validate import check_claims, check_pack  # cross-references
 
     head_file = path / "pack.yaml"
     head = _read_yaml(head_file)
@@ -377,6 +415,7 @@ def _load(path: Path) -> EnvPack:
         pack = EnvPack.model_validate({**head, "path": str(path)})
     except ValidationError as e:
         raise _pack_error(head_file, e, None) from e
+    check_claims(pack.policy.claims, head_file, "")
     scenarios: list[Scenario] = []
     seen: dict[str, Path] = {}
     sdir = path / "scenarios"

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PackError
-from .pack import Condition, EnvPack, Scenario
+from .pack import ClaimSpec, Condition, EnvPack, Scenario
 
-__all__ = ["check_pack"]
+__all__ = ["check_claims", "check_pack"]
 
 
 def _err(f: Path, s: Scenario, field: str, msg: str) -> PackError:
@@ -28,6 +28,42 @@ def _check_conditions(conds: list[Condition], f: Path, s: Scenario, field: str, 
     for i, c in enumerate(conds):
         _check_ref(c.left, f, s, f"{field}.{i}.left", allowed)
         _check_ref(c.right, f, s, f"{field}.{i}.right", allowed)
+
+
+def check_claims(claims: list[ClaimSpec], f: Path, where: str) -> None:
+    """Raise PackError if a claim pattern is not a valid regular expression or a reference is malformed."""
+    for i, c in enumerate(claims):
+        try:
+            re.compile(c.pattern)
+        except re.error as e:
+            raise PackError(f"{f}: {where}field 'claims.{i}.pattern': not a valid regular expression: {e}",
+                            file=str(f), field=f"claims.{i}.pattern") from e
+        for j, cond in enumerate(c.where):
+            for side in (cond.left, cond.right):
+                if isinstance(side, str) and side.startswith("$") and side.split(".", 1)[0] not in (
+                        "$record", "$policy"):
+                    raise PackError(f"{f}: {where}field 'claims.{i}.where.{j}': reference {side!r} must start "
+                                    "with $record. or $policy.", file=str(f), field=f"claims.{i}.where.{j}")
+
+
+def _check_actions(pack: EnvPack, s: Scenario, f: Path) -> None:
+    tools = {t.name: t for t in pack.tools}
+    for i, a in enumerate(s.required_actions):
+        if a.tool not in tools:
+            raise _err(f, s, f"required_actions.{i}.tool", f"unknown tool {a.tool!r}; the pack has {sorted(tools)}")
+        props = tools[a.tool].parameters.get("properties", {})
+        for k in a.args:
+            if k not in props:
+                raise _err(f, s, f"required_actions.{i}.args.{k}",
+                           f"tool {a.tool!r} has no argument {k!r}; it takes {sorted(props)}")
+    check_claims(s.claims, f, f"scenario {s.id!r}, ")
+    from .outcome import progress_items  # local: outcome imports the pack module
+
+    if progress_items(pack, s) == 0:
+        raise _err(f, s, "required_actions", "the scenario gives the agent nothing to earn: every goal condition "
+                   "already holds in its database and it has no expected_changes, required_facts or "
+                   "required_actions; add the tool call that solves it under required_actions, or a goal "
+                   "condition that is false in the seed database")
 
 
 def check_pack(pack: EnvPack, s: Scenario, f: Path) -> None:
@@ -63,3 +99,4 @@ def check_pack(pack: EnvPack, s: Scenario, f: Path) -> None:
                    f"{s.user.customer_id!r} is not a key of table {priv.table!r} in the scenario database")
     if len({x.id for x in s.user.facts}) != len(s.user.facts):
         raise _err(f, s, "user.facts", "fact ids must be unique")
+    _check_actions(pack, s, f)

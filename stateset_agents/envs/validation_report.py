@@ -20,7 +20,7 @@ class ScenarioCheck:
 
     @property
     def ok(self) -> bool:
-        return self.outcome["score"] == 1.0
+        return bool(self.outcome["success"])
 
 
 def validate_pack(name_or_path: str | EnvPack) -> tuple[EnvPack, list[ScenarioCheck]]:

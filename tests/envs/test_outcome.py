@@ -1,4 +1,4 @@
-"""Outcome checks: every reference solution scores 1.0; forbidden actions fail."""
+"""Outcome checks: every reference solution succeeds with full progress; forbidden actions fail."""
 
 import asyncio
 
@@ -13,9 +13,9 @@ from tests.conftest import ALL_SCENARIOS
 def test_reference_solution_scores_one(env_id, pack, scenario_id):
     p = load_pack(pack)
     outcome = asyncio.run(replay_reference(p, p.scenario(scenario_id)))
-    assert outcome["score"] == 1.0, outcome
-    assert outcome["success"] and outcome["goal_reached"] and outcome["state_match"]
-    assert outcome["forbidden_actions"] == []
+    assert outcome["success"] and outcome["progress"] == 1.0, outcome
+    assert outcome["goal_reached"] and outcome["state_match"] and all(outcome["actions_made"].values())
+    assert outcome["forbidden_actions"] == [] and outcome["collateral_changes"] == []
 
 
 def _finish(env, *actions):
@@ -36,7 +36,7 @@ def test_refund_over_the_limit_fails():
         "issue_refund", {"order_id": "ORD-1043", "amount": 150.0, "reason": "x"}),
         "Refunded; it arrives in 5-7 business days.")
     assert outcome["forbidden_actions"] == ["refund_over_limit"]
-    assert reward == 0.0 and outcome["score"] == 0.0 and not outcome["success"]
+    assert reward == 0.0 and outcome["progress"] == 0.0 and not outcome["success"]
 
 
 def test_refunding_another_customers_order_fails():
@@ -65,12 +65,16 @@ def test_forbidden_statement_fails():
 def test_wrong_end_state_is_not_a_match():
     env = ConversationEnv("customer_service", scenario="cs-refund-damaged-002")
     env.reset(seed=0)
-    reward, outcome = _finish(env, format_tool_call(
+    reward, outcome = _finish(env, format_tool_call("lookup_order", {"order_id": "ORD-1043"}), format_tool_call(
         "issue_refund", {"order_id": "ORD-1043", "amount": 50.0, "reason": "partial"}),
         "I refunded $50; expect it in 5-7 business days.")
-    assert outcome["goal_reached"] and not outcome["state_match"]
-    assert outcome["state_diff"] == ["orders.ORD-1043.refund_amount"]
-    assert reward == pytest.approx(2 / 3)
+    assert outcome["goal_reached"] and not outcome["state_match"] and not outcome["success"]
+    assert outcome["state_diff"] == ["orders.ORD-1043.refund_amount"] and outcome["collateral_changes"] == []
+    assert reward == 0.0
+    # earned: refunded false -> true (condition and change), the timing fact, the lookup; missed: the amount
+    assert outcome["progress_items"] == {"conditions": [1, 1], "changes": [1, 2], "facts": [1, 1],
+                                         "actions": [1, 1]}
+    assert outcome["progress"] == pytest.approx(4 / 5) == outcome["score"]
 
 
 def test_unhelpful_agent_makes_the_user_give_up():
@@ -79,4 +83,4 @@ def test_unhelpful_agent_makes_the_user_give_up():
     reward, outcome = _finish(env, "Hello.", "Nice weather today.", "Okay.", "Right.")
     assert outcome["ended_by"] == "user_gave_up" and not outcome["goal_reached"]
     assert outcome["turns_used"] == 3  # patience 3
-    assert reward == pytest.approx(1 / 3)  # state untouched, goal and facts missing
+    assert reward == 0.0 and outcome["progress"] == 0.0  # nothing changed, told or looked up

@@ -116,7 +116,8 @@ def test_unknown_pack_name():
 
 def test_cli_validate_ok(pack_dir, capsys):
     assert main(["envs", "validate", str(pack_dir)]) == 0
-    assert "reference solutions scoring 1.0: 1/1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reference solutions that succeed: 1/1" in out and "passes its audit" in out
 
 
 def test_cli_validate_reports_unsolvable_reference(pack_dir, capsys):
@@ -136,3 +137,59 @@ def test_cli_list(capsys):
     assert main(["envs", "list"]) == 0
     out = capsys.readouterr().out
     assert "stateset/CustomerService-v0" in out
+
+
+def test_pack_written_before_claims_and_required_actions_still_loads(pack_dir):
+    """A pack in the format documented before issue 13 (no claims, required_actions or grounded) loads."""
+    head = yaml.safe_load((pack_dir / "pack.yaml").read_text())
+    head["policy"].pop("claims")
+    (pack_dir / "pack.yaml").write_text(yaml.safe_dump(head))
+    _edit(pack_dir, lambda s: s.pop("required_actions"))
+    s = load_pack(pack_dir).scenarios[0]
+    assert s.required_actions == [] and load_pack(pack_dir).policy.claims == []
+
+
+def test_scenario_with_nothing_to_earn_says_what_to_add(pack_dir):
+    def strip(s):
+        s.pop("required_actions")
+        s["required_facts"] = []
+        s["expected_changes"] = {}
+        s["goal"] = {"description": "nothing", "conditions": [
+            {"left": "$db.orders.ORD-1043.status", "op": "==", "right": "delivered"}]}  # already true
+    f = _edit(pack_dir, strip)
+    with pytest.raises(PackError) as e:
+        load_pack(pack_dir)
+    assert str(e.value) == (
+        f"{f}: scenario 'cs-refund-damaged-002', field 'required_actions': the scenario gives the agent nothing "
+        "to earn: every goal condition already holds in its database and it has no expected_changes, "
+        "required_facts or required_actions; add the tool call that solves it under required_actions, or a goal "
+        "condition that is false in the seed database")
+
+
+def test_required_action_naming_an_unknown_argument(pack_dir):
+    f = _edit(pack_dir, lambda s: s.update(required_actions=[{"tool": "lookup_order", "args": {"order": "X"}}]))
+    with pytest.raises(PackError) as e:
+        load_pack(pack_dir)
+    assert str(e.value) == (f"{f}: scenario 'cs-refund-damaged-002', field 'required_actions.0.args.order': "
+                            "tool 'lookup_order' has no argument 'order'; it takes ['order_id']")
+
+
+def test_bad_claim_pattern_names_pack_yaml(pack_dir):
+    head = yaml.safe_load((pack_dir / "pack.yaml").read_text())
+    head["policy"]["claims"][0]["pattern"] = "refund(ed"
+    (pack_dir / "pack.yaml").write_text(yaml.safe_dump(head))
+    with pytest.raises(PackError, match=r"pack.yaml: field 'claims.0.pattern': not a valid regular expression"):
+        load_pack(pack_dir)
+
+
+def test_cli_audit_fails_a_gameable_pack(pack_dir, capsys):
+    """Without its required lookup and with an ungrounded fact, a refusal-style scenario is gameable."""
+    def gameable(s):
+        s.pop("required_actions")
+        s["goal"] = {"description": "be told the timing", "facts": ["refund_timing"]}
+        s["expected_changes"] = {}
+        s["split"] = "train"  # recite_facts recites the train split's phrases
+    _edit(pack_dir, gameable)
+    assert main(["envs", "audit", str(pack_dir), "--seeds", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "recite_facts" in out and "FAIL" in out and "FAILS its audit" in out
