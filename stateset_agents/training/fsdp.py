@@ -47,7 +47,7 @@ class LossForward(torch.nn.Module):
                 chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                     use_cache=False).last_hidden_state
-        head = self.lm.get_output_embeddings().weight
+        head = self.lm.get_output_embeddings()  # the module, so the log-probs are the ones the model samples from
         logp, ent = token_logprobs(hidden[rows, positions], head, targets, temperature=temperature,
                                    chunk_size=chunk_size, with_entropy=True)
         return hidden, logp, ent
@@ -65,8 +65,6 @@ class FSDPPolicy:
 
         if getattr(lm, "get_output_embeddings", lambda: None)() is None or getattr(lm, "base_model", None) is None:
             raise ConfigError(f"fsdp needs a transformers causal LM with an output embedding; got {type(lm).__name__}")
-        if getattr(lm.get_output_embeddings(), "bias", None) is not None:
-            raise ConfigError("the model's LM head has a bias, which the chunked log-probs do not handle")
         self.lm, self.dist, self.pad_id = lm, dist, pad_id
         self.device = next(lm.parameters()).device
         names = set(getattr(lm, "_no_split_modules", None) or [])

@@ -3,7 +3,7 @@
 - :func:`group_advantages`: DeepSeekMath GRPO (Shao et al. 2024, arXiv 2402.03300) eq. for outcome supervision,
   ``A_i = (r_i - mean(r_group)) / std(r_group)``, with the Dr. GRPO option of not dividing by the std
   (Liu et al. 2025, arXiv 2503.20783) and the batch-std option.
-- :func:`token_logprobs`: ``log softmax(h W^T / T)[token]`` computed over chunks of tokens, each chunk
+- :func:`token_logprobs`: ``log softmax(head(h) / T)[token]`` computed over chunks of tokens, each chunk
   recomputed in the backward pass, so the full-vocabulary logits of the whole batch never exist at once.
 - :func:`clipped_surrogate`: PPO's clipped objective with DAPO's asymmetric clip (Yu et al. 2025,
   arXiv 2503.14476), at token level or GSPO's sequence level (Zheng et al. 2025, arXiv 2507.18071).
@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -33,6 +33,8 @@ __all__ = [
 
 ScaleRewards = Literal["group", "batch", "none"]
 LossType = Literal["grpo", "dr_grpo", "dapo"]
+Head = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+"""The LM head: the model's own output module (``get_output_embeddings()``), or a bare ``[V, H]`` weight."""
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: ScaleRewards = "group",
@@ -62,9 +64,9 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: Scal
     return adv.float()
 
 
-def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float,
+def _chunk_logprobs(hidden: torch.Tensor, head: Head, targets: torch.Tensor, temperature: float,
                     with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = (hidden @ weight.t()).float() / temperature
+    logits = (hidden @ head.t() if isinstance(head, torch.Tensor) else head(hidden)).float() / temperature
     logz = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     if not with_entropy:
@@ -74,12 +76,14 @@ def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     return picked, entropy
 
 
-def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
+def token_logprobs(hidden: torch.Tensor, weight: Head, targets: torch.Tensor, *, temperature: float = 1.0,
                    chunk_size: int = 1024, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities of ``targets`` under ``softmax(hidden @ weight.T / temperature)``, chunked.
+    """Log-probabilities of ``targets`` under ``softmax(head(hidden) / temperature)``, chunked.
 
     ``hidden``: ``[N, H]`` final hidden states of the positions that predict ``targets`` (``[N]``); ``weight``: the LM
-    head ``[V, H]``. The ``[chunk, V]`` logits of one chunk exist at a time, and when gradients are needed each chunk
+    head, the model's own output module (so a bias or adapters on it count), or a bare ``[V, H]`` weight (then
+    ``hidden @ weight.T``). A model whose forward changes the head's output (soft-capping, scaling) is refused by
+    the trainer, since these would not be the log-probs it samples from. The ``[chunk, V]`` logits of one chunk exist at a time, and when gradients are needed each chunk
     runs under activation checkpointing, so the backward pass recomputes them instead of keeping all ``N x V``.
     Also returns the entropy of each position's distribution when ``with_entropy`` (for metrics; no gradient).
     """
@@ -88,7 +92,8 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0 (log-probs of greedy decoding are not defined)")
     outs, ents = [], []
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    params = [weight] if isinstance(weight, torch.Tensor) else list(getattr(weight, "parameters", list)())
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in params))
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
         if grad:
@@ -104,7 +109,7 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     return torch.cat(outs), (torch.cat(ents) if with_entropy else None)
 
 
-def entropy_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def entropy_from_hidden(hidden: torch.Tensor, weight: Head, temperature: float = 1.0) -> torch.Tensor:
     """Entropy of each row's next-token distribution (no gradient); for metrics."""
     with torch.no_grad():
         _, ent = token_logprobs(hidden, weight, torch.zeros(hidden.shape[0], dtype=torch.long,

@@ -103,6 +103,53 @@ def _lr_lambda(config: GRPOConfig) -> Callable[[int], float]:
     return f
 
 
+#: config fields through which a transformers forward changes the LM head's output after the head
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logit_soft_cap", "softcap")
+_DROPOUT_FIELDS = ("attention_dropout", "attn_pdrop", "resid_pdrop", "embd_pdrop", "hidden_dropout")
+
+
+def refuse_rescaled_logits(lm: Any) -> None:
+    """Raise ConfigError when ``lm``'s forward logits differ from ``lm_head(last hidden state)``.
+
+    The loss computes log-probs from the last hidden state through the model's own head in chunks; a forward that
+    soft-caps or scales the logits after the head (Gemma 2's ``final_logit_softcapping``, Cohere's
+    ``logit_scale``, Granite's ``logits_scaling``) would make them differ from the sampling log-probs, biasing
+    every importance ratio silently. Checked on one short probe sequence at setup."""
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if head is None or getattr(lm, "base_model", None) is None:
+        raise ConfigError(f"GRPO needs a transformers causal LM with an output embedding; got {type(lm).__name__}")
+    device = next(lm.parameters()).device
+    ids = (torch.arange(2, 10, device=device) % lm.config.vocab_size).unsqueeze(0)
+    was_training = lm.training
+    lm.eval()
+    with torch.no_grad():
+        full = lm(input_ids=ids, use_cache=False).logits.float()
+        mine = head(lm.base_model(input_ids=ids, use_cache=False).last_hidden_state).float()
+    lm.train(was_training)
+    if not torch.allclose(full, mine, rtol=1e-4, atol=1e-4 * float(full.abs().max()) + 1e-6):
+        found = {k: getattr(lm.config, k) for k in _LOGIT_TRANSFORMS if getattr(lm.config, k, None) is not None}
+        shown = ", ".join(f"{k}={v}" for k, v in found.items()) or "no known config field"
+        raise ConfigError(f"{type(lm).__name__} ({shown}): its forward logits differ from its LM head's output "
+                          "(soft-capping or scaling after the head), which the GRPO loss does not reproduce; turn "
+                          "that off in the model's config.json (e.g. final_logit_softcapping: null) or train "
+                          "another model")
+
+
+def refuse_dropout(lm: Any, cfg: GRPOConfig) -> None:
+    """Raise ConfigError when the training forward would use dropout: the engine samples without it, so the
+    importance ratio of the first optimiser pass would not be 1 and the clipped surrogate would be off-policy."""
+    if cfg.use_lora and cfg.lora_dropout > 0:
+        raise ConfigError(f"lora_dropout={cfg.lora_dropout} makes the training forward differ from the sampling "
+                          "forward (rollouts sample without dropout); set lora_dropout: 0")
+    found = {k: getattr(lm.config, k) for k in _DROPOUT_FIELDS
+             if isinstance(getattr(lm.config, k, None), float) and getattr(lm.config, k) > 0}
+    found.update({name: m.p for name, m in lm.named_modules() if isinstance(m, torch.nn.Dropout) and m.p > 0})
+    if found:
+        shown = ", ".join(f"{k}={v}" for k, v in list(found.items())[:4])
+        raise ConfigError(f"the model uses dropout ({shown}), which makes the training forward differ from the "
+                          "sampling forward; set these to 0 in the model's config.json")
+
+
 class GRPOTrainer:
     """Train ``agent``'s local model with GRPO on ``env_factory``'s scenarios, scored by ``reward``.
 
@@ -220,6 +267,8 @@ class GRPOTrainer:
                 self.ref_model = copy.deepcopy(base).eval()
                 for p in self.ref_model.parameters():
                     p.requires_grad_(False)
+        refuse_dropout(self._causal_lm(self.model), cfg)
+        refuse_rescaled_logits(self._causal_lm(self.model))
         if cfg.gradient_checkpointing:
             inner = self._causal_lm(self.model)
             inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -235,12 +284,9 @@ class GRPOTrainer:
         out = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
-    def _head_weight(self, model: Any) -> torch.Tensor:
-        head = self._causal_lm(model).get_output_embeddings()
-        if getattr(head, "bias", None) is not None:
-            raise ConfigError("the model's LM head has a bias, which the chunked log-prob computation does not "
-                              "handle; use a model without an LM head bias")
-        return head.weight
+    def _head(self, model: Any) -> Any:
+        """The model's own LM head module (its bias and adapters included); see :func:`refuse_rescaled_logits`."""
+        return self._causal_lm(model).get_output_embeddings()
 
     # ------------------------------------------------------------------ the run
     def train(self, *, resume: bool | str = False) -> dict[str, Any]:
@@ -461,7 +507,7 @@ class GRPOTrainer:
             for mb in self._micro_batches(samples):
                 b = collate(mb, self._pad_id(), self.device)
                 hidden = self._forward_hidden(ref, b.input_ids, b.attention_mask)
-                lp, _ = token_logprobs(hidden[b.rows, b.positions], self._head_weight(ref), b.targets,
+                lp, _ = token_logprobs(hidden[b.rows, b.positions], self._head(ref), b.targets,
                                        temperature=self.config.temperature, chunk_size=self.config.logprob_chunk_size)
                 lp = lp.float().cpu().tolist()
                 k = 0
@@ -592,7 +638,7 @@ class GRPOTrainer:
             hidden = shared_prefix_hidden(self._causal_lm(self.model).base_model, b)
         else:
             hidden = self._forward_hidden(self.model, b.input_ids, b.attention_mask)
-        logp, ent = token_logprobs(hidden[b.rows, b.positions], self._head_weight(self.model), b.targets,
+        logp, ent = token_logprobs(hidden[b.rows, b.positions], self._head(self.model), b.targets,
                                    temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size, with_entropy=True)
         return hidden, logp, ent
 

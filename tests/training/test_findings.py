@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
-from stateset_agents.errors import TrainingError
+from stateset_agents.errors import ConfigError, TrainingError
+from stateset_agents.training.batch import Sample, collate
 from tests.training.test_trainer import CharCount, make_trainer
 
 
@@ -33,3 +36,60 @@ def test_grpo_resumes_after_a_torn_metrics_line(tiny_model_path, tmp_path):
     make_trainer(tiny_model_path, tmp_path, CharCount(), max_steps=3, save_every=1).train(resume=True)
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- 6: the model's own LM head
+def _gemma2_folder(tiny_model_path, dest, softcap):
+    """The tiny tokenizer with a tiny Gemma2 (its forward soft-caps the logits: ``cap * tanh(logits / cap)``)."""
+    import shutil
+
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    shutil.copytree(tiny_model_path, dest)
+    for f in dest.glob("model*.safetensors"):
+        f.unlink()
+    vocab = json.loads((tiny_model_path / "config.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    cfg = Gemma2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=softcap,
+                       max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    Gemma2ForCausalLM(cfg).save_pretrained(dest)
+    return dest
+
+
+def test_a_model_whose_forward_rescales_the_head_output_is_refused(tiny_model_path, tmp_path):
+    folder = _gemma2_folder(Path(tiny_model_path), tmp_path / "gemma2", softcap=0.5)
+    with pytest.raises(ConfigError, match=r"final_logit_softcapping=0.5.*differ from its LM head's"):
+        make_trainer(folder, tmp_path, CharCount())
+
+
+def test_loss_logprobs_equal_the_models_own_forward(tiny_model_path, tmp_path):
+    """The trainer's log-probs are log_softmax of the model's own forward logits (here a Gemma2 with soft-capping
+    turned off, whose head and embeddings are tied and scaled differently from Llama's)."""
+    folder = _gemma2_folder(Path(tiny_model_path), tmp_path / "gemma2", softcap=None)
+    trainer = make_trainer(folder, tmp_path, CharCount(), max_steps=1)
+    ids = torch.tensor([[5, 9, 17, 33, 65, 129]])
+    b = collate([Sample(input_ids=ids[0].tolist(), completion_start=2, old_logprobs=[0.0] * 4, traj_index=0,
+                        turn_index=0, truncated=False)], 0)
+    with torch.no_grad():
+        _, logp, _ = trainer._policy_logprobs(b)
+        full = torch.log_softmax(trainer.model(input_ids=ids).logits.float(), -1)[0, 1:-1]
+    assert torch.allclose(logp, full.gather(-1, ids[0, 2:, None]).squeeze(-1), atol=1e-5)
+
+
+# ---------------------------------------------------------------- 7: dropout in the training forward
+def test_lora_dropout_is_refused(tiny_model_path, tmp_path):
+    with pytest.raises(ConfigError, match=r"lora_dropout=0.1 .* set lora_dropout: 0"):
+        make_trainer(tiny_model_path, tmp_path, CharCount(), use_lora=True, lora_dropout=0.1)
+
+
+def test_model_dropout_is_refused(tiny_model_path, tmp_path):
+    import shutil
+
+    folder = tmp_path / "dropout_model"
+    shutil.copytree(tiny_model_path, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["attention_dropout"] = 0.2
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"attention_dropout=0.2"):
+        make_trainer(folder, tmp_path, CharCount())

@@ -158,7 +158,7 @@ def test_several_iterations_make_clipping_engage(tiny_model_path, tmp_path):
     trainer = make_trainer(tiny_model_path, tmp_path, CharCount(), max_steps=1, num_iterations=4,
                            learning_rate=5e-2, gradient_accumulation_steps=1, micro_batch_size=8)
     m = asyncio.run(trainer.astep())
-    assert m["optimizer_updates"] == 16  # 4 iterations x 4 micro-batches of 8
+    assert m["optimizer_updates"] == 32  # 4 iterations x 8 micro-batches of 8 (32 episodes of 2 turns)
     assert m["clip_fraction"] > 0
     assert m["mean_ratio"] != pytest.approx(1.0, abs=1e-4)
 
