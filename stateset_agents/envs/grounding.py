@@ -4,7 +4,8 @@ A required fact is *grounded* when the pack says so (``grounded: true``) or, by 
 its phrases, or at least one phrase with a digit-bearing value (a date, an amount, an id), holds a value of the scenario's database (the seed with ``expected_changes`` applied, record
 keys included) that the user never says (not in the openings, the persona or the hidden facts): a database
 string inside the phrase, the phrase inside a database string (``may 22`` in ``Thursday, May 22``), or a
-number of the database (``$42.50`` matches ``42.5``). Strings of three or more characters compare as whole
+number of the database of 10 or more, or with a fraction (``$42.50`` matches ``42.5``; a "2" in "2 hours"
+is too common to count). Strings of three or more characters compare as whole
 words ignoring case; booleans and ``free_text_fields`` are skipped.
 
 A phrase of a grounded fact counts only when said *after* a successful tool result of the same episode
@@ -87,7 +88,7 @@ def _phrase_evidence(phrase: str, strings: set[str], numbers: set[float], user: 
     user_numbers = numbers_in(user)
     for m in _NUM_RE.finditer(p):
         n = round(float(m.group().replace(",", "")), 4)
-        if n in numbers and n not in user_numbers:
+        if n in numbers and n not in user_numbers and (n >= 10 or n != int(n)):  # "2 hours" is no datum
             found.append(n)
     return sorted(set(found), key=str)
 

@@ -126,13 +126,16 @@ def _same(want: Any, got: Any) -> bool:
     return bool(want == got)
 
 
-def action_matches(action: RequiredAction, name: str, args: dict[str, Any]) -> bool:
-    """Whether a tool call ``name(args)`` satisfies ``action`` (every listed argument present and equal)."""
-    return name == action.tool and all(k in args and _same(v, args[k]) for k, v in action.args.items())
+def action_matches(action: RequiredAction, name: str, args: dict[str, Any], ok: bool = True) -> bool:
+    """Whether a tool call ``name(args)`` that ran (``ok``) or was refused satisfies ``action``: the same tool,
+    every listed argument present and equal, and the result ``action.ok`` asks for."""
+    return (name == action.tool and (action.ok is None or action.ok == ok)
+            and all(k in args and _same(v, args[k]) for k, v in action.args.items()))
 
 
 def action_label(action: RequiredAction) -> str:
-    return f"{action.tool}({json.dumps(action.args, sort_keys=True, default=str)})"
+    tail = {True: "", False: " refused", None: " either way"}[action.ok]
+    return f"{action.tool}({json.dumps(action.args, sort_keys=True, default=str)}){tail}"
 
 
 @dataclass
@@ -148,7 +151,8 @@ class EpisodeRecord:
     scenario: Scenario
     told: set[str] = field(default_factory=set)
     agent_texts: list[str] = field(default_factory=list)
-    calls_ok: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    calls: list[tuple[str, dict[str, Any], bool]] = field(default_factory=list)
+    """Every parsed tool call: name, arguments, whether it ran without a tool error."""
     tool_text: str = ""
     tool_numbers: set[float] = field(default_factory=set)
     evidence: dict[str, Evidence] = field(default_factory=dict)
@@ -157,7 +161,7 @@ class EpisodeRecord:
         self.evidence = evidence_for(self.pack, self.scenario)
 
     def actions_made(self) -> list[bool]:
-        return [any(action_matches(a, n, args) for n, args in self.calls_ok) for a in self.scenario.required_actions]
+        return [any(action_matches(a, n, args, ok) for n, args, ok in self.calls) for a in self.scenario.required_actions]
 
     def on_agent_text(self, text: str) -> set[str]:
         """Record an agent message; return the ids of facts told for the first time."""
@@ -170,9 +174,9 @@ class EpisodeRecord:
         return new
 
     def on_tool_result(self, name: str, args: dict[str, Any], ok: bool, content: str) -> None:
+        self.calls.append((name, copy.deepcopy(args), ok))
         if not ok:  # an error message may echo the agent's own arguments: it grounds nothing
             return
-        self.calls_ok.append((name, copy.deepcopy(args)))
         self.tool_text += "\n" + _norm(content)
         self.tool_numbers |= numbers_in(content)
 

@@ -168,12 +168,15 @@ class ClaimSpec(_Strict):
 
 
 class RequiredAction(_Strict):
-    """A tool call success depends on (tau-bench's action matching): a call of ``tool`` that ran without a
-    tool error, whose arguments include every ``args`` entry (strings compare ignoring case and surrounding
+    """A tool call success depends on (tau-bench's action matching): a call of ``tool`` whose arguments
+    include every ``args`` entry (strings compare ignoring case and surrounding
     spaces, numbers within 0.005)."""
 
     tool: str
     args: dict[str, Any] = Field(default_factory=dict)
+    ok: bool | None = True
+    """Whether the call must have run without a tool error (true, default), must have been refused by the tool
+    (false: e.g. a security PIN that does not match), or either (null)."""
 
 
 class Privacy(_Strict):
