@@ -19,7 +19,7 @@ from .envs.users import UserContext, UserTurn
 from .errors import ConfigError
 from .types import Message
 
-__all__ = ["HumanUser", "load_model", "play_chat"]
+__all__ = ["HumanUser", "check_model_folder", "load_model", "play_chat"]
 
 _STYLE = {"user": "cyan", "assistant": "green", "tool": "yellow"}
 
@@ -36,7 +36,35 @@ def load_model(spec: str | None, *, model_name: str = "default", api_key: str | 
         return OpenAIChatModel(spec, model_name, api_key=api_key)
     from .models.hf import HFChatModel
 
-    return HFChatModel(spec)
+    check_model_folder(spec)
+    try:
+        return HFChatModel(spec)
+    except (OSError, ValueError) as e:  # transformers' own "cannot load" errors: bad weights, tokenizer files
+        raise ConfigError(f"cannot load model {spec!r}: {one_line_of(e)}; pass a folder written by "
+                          "save_pretrained (config.json, weights, tokenizer)") from e
+
+
+def check_model_folder(spec: str) -> None:
+    """Fail in one line, before any weights load, when a model folder's ``config.json`` (or a LoRA adapter's
+    ``adapter_config.json``) is not valid JSON. Folders without either file are left to the loader."""
+    from pathlib import Path
+
+    for name in ("config.json", "adapter_config.json"):
+        f = Path(spec) / name
+        if not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"model folder {spec!r}: {name} is not valid JSON ({e}); restore it, or write the "
+                              "folder again with save_pretrained") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"model folder {spec!r}: {name} holds a {type(data).__name__}, not an object; "
+                              "write the folder again with save_pretrained")
+
+
+def one_line_of(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 class HumanUser:

@@ -456,7 +456,8 @@ class EvalDomain(NamedTuple):
 def load_domain(env: str, *, split: str = "test", limit: int | None = None, max_turns: int | None = None,
                 model: Any = None, sampling: Any = None, **agent_kwargs: Any) -> EvalDomain:
     """An EvalDomain from a pack name or folder (``customer_service``) or a registered Gymnasium id
-    (``stateset/CustomerService-v0``): the first ``limit`` scenarios of ``split``, in pack order.
+    (``stateset/CustomerService-v0``; see :func:`~stateset_agents.resolve.resolve_env`): the first ``limit``
+    scenarios of ``split``, in pack order.
 
     With ``model``, the domain gets its own MultiTurnAgent with the pack's strategy prompt (``sampling`` and
     ``agent_kwargs`` go to the agent); otherwise the agent passed to :func:`aevaluate_domains` plays it.
@@ -464,10 +465,10 @@ def load_domain(env: str, *, split: str = "test", limit: int | None = None, max_
     import functools
 
     from .agents import MultiTurnAgent, strategies
-    from .envs import ConversationEnv, load_pack, registered_envs
+    from .envs import ConversationEnv
+    from .resolve import resolve_env
 
-    kwargs = dict(registered_envs().get(env, {}))
-    pack = load_pack(kwargs.pop("pack", env))
+    pack, kwargs = resolve_env(env)
     for name in ("split", "scenario"):
         kwargs.pop(name, None)
     if max_turns is not None:

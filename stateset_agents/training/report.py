@@ -29,7 +29,8 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if isinstance(row, dict) and "step" in row:
             rows.append(row)
     if not rows:
-        raise ConfigError(f"{str(path)!r} has no step records yet")
+        raise ConfigError(f"{str(path)!r} has no step records yet; wait for the run's first step to finish, or "
+                          "pass another run folder")
     return rows
 
 
