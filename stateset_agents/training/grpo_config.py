@@ -10,6 +10,9 @@ from .run_config import PolicyConfig
 
 __all__ = ["GRPOConfig"]
 
+#: GSPO's clip range (left, right) from its paper; the default with ``importance_sampling_level: sequence``
+GSPO_EPSILON, GSPO_EPSILON_HIGH = 3e-4, 4e-4
+
 
 class GRPOConfig(PolicyConfig):
     """The GRPO trainer's configuration (see docs/training.md for every field with its default)."""
@@ -31,9 +34,9 @@ class GRPOConfig(PolicyConfig):
     beta: float = Field(default=0.0, ge=0)
     """KL coefficient against the reference policy (k3 estimator); 0 turns the reference off."""
     epsilon: float = Field(default=0.2, gt=0, lt=1)
-    """Lower clip range: the ratio is clipped below at ``1 - epsilon``."""
+    """Lower clip range: the ratio is clipped below at ``1 - epsilon``; default 0.2, 3e-4 at sequence level (GSPO)."""
     epsilon_high: float | None = Field(default=None, gt=0)
-    """Upper clip range (DAPO's clip-higher): clipped above at ``1 + epsilon_high``; default ``epsilon``."""
+    """Upper clip range (DAPO's clip-higher): clipped above at ``1 + epsilon_high``; default ``epsilon`` (GSPO: 4e-4)."""
     loss_type: Literal["grpo", "dr_grpo", "dapo"] = "dapo"
     """Loss normalisation: per-trajectory mean (grpo), constant budget (dr_grpo), or per token (dapo)."""
     importance_sampling_level: Literal["token", "sequence"] = "token"
@@ -59,6 +62,12 @@ class GRPOConfig(PolicyConfig):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GRPOConfig:
+        if self.importance_sampling_level == "sequence" and "epsilon" not in self.model_fields_set:
+            # GSPO's ratio is a length-normalised mean, far closer to 1 than a token's: 0.2 would almost never clip.
+            # The GSPO paper's ranges (Zheng et al. 2025, arXiv 2507.18071, section 5.1) are the default there.
+            self.epsilon = GSPO_EPSILON
+            if "epsilon_high" not in self.model_fields_set:
+                self.epsilon_high = GSPO_EPSILON_HIGH
         if self.warmup_steps >= self.max_steps and self.warmup_steps > 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be smaller than max_steps={self.max_steps}; "
                              "lower warmup_steps or raise max_steps")

@@ -93,3 +93,15 @@ def test_model_dropout_is_refused(tiny_model_path, tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match=r"attention_dropout=0.2"):
         make_trainer(folder, tmp_path, CharCount())
+
+
+# ---------------------------------------------------------------- 8: GSPO's clip range
+def test_sequence_level_clip_range_defaults_to_the_gspo_papers():
+    from stateset_agents.training import GRPOConfig
+
+    gspo = GRPOConfig(importance_sampling_level="sequence")
+    assert (gspo.epsilon, gspo.clip_high) == (3e-4, 4e-4)
+    assert GRPOConfig.model_validate(gspo.model_dump()).clip_high == 4e-4  # config.yaml round trip
+    explicit = GRPOConfig(importance_sampling_level="sequence", epsilon=0.01)
+    assert (explicit.epsilon, explicit.clip_high) == (0.01, 0.01)
+    assert (GRPOConfig().epsilon, GRPOConfig().clip_high) == (0.2, 0.2)  # token level unchanged
