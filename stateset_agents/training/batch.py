@@ -26,11 +26,14 @@ class Sample:
     input_ids: list[int]
     completion_start: int
     """Index in ``input_ids`` of the first completion token."""
-    old_logprobs: list[float]
+    old_logprobs: list[float] | None
+    """Log-probs of the completion tokens under the sampling policy (None for a demonstration)."""
     traj_index: int
     turn_index: int
     truncated: bool
     """The turn hit ``max_new_tokens``."""
+    temperature: float | None = None
+    """The temperature its completion was sampled at (``Completion.sampling``); None for a demonstration."""
     advantage: float = 0.0
     weight: float = 0.0
     """Loss weight of each of its tokens (see losses.loss_weights)."""
@@ -45,27 +48,30 @@ class Sample:
 
 
 def samples_from_trajectories(trajectories: Sequence[Trajectory], indices: Sequence[int] | None = None,
-                              *, mask_truncated: bool = False) -> list[Sample]:
+                              *, mask_truncated: bool = False, need_logprobs: bool = True) -> list[Sample]:
     """The agent turns of the given trajectories (all by default) that have token data and at least one token.
 
-    Raises ValueError when a completion has no token data (a remote model's rollout cannot be trained on here).
+    Raises ValueError when a completion has no token data (a remote model's rollout cannot be trained on here);
+    ``need_logprobs=False`` (SFT) needs only the token ids.
     """
     out = []
     for i in (indices if indices is not None else range(len(trajectories))):
         t = trajectories[i]
         for k, c in enumerate(t.completions):
-            if c.prompt_ids is None or c.completion_ids is None or c.logprobs is None:
+            if c.prompt_ids is None or c.completion_ids is None or (need_logprobs and c.logprobs is None):
                 raise ValueError(f"turn {k} of a trajectory of scenario {t.scenario_id!r} has no token data "
-                                 f"(model {c.model!r}); GRPO trains a local model whose completions carry "
-                                 "prompt_ids, completion_ids and logprobs")
+                                 f"(model {c.model!r}); training needs a local model whose completions carry "
+                                 "prompt_ids, completion_ids" + (" and logprobs" if need_logprobs else ""))
             if not c.completion_ids:
                 continue
             truncated = c.finish_reason == "length"
             if mask_truncated and truncated:
                 continue
             out.append(Sample(input_ids=list(c.prompt_ids) + list(c.completion_ids),
-                              completion_start=len(c.prompt_ids), old_logprobs=list(c.logprobs),
-                              traj_index=i, turn_index=k, truncated=truncated))
+                              completion_start=len(c.prompt_ids),
+                              old_logprobs=list(c.logprobs) if c.logprobs is not None else None,
+                              traj_index=i, turn_index=k, truncated=truncated,
+                              temperature=c.sampling.temperature if c.sampling is not None else None))
     return out
 
 
@@ -78,7 +84,8 @@ class Batch:
     positions: torch.Tensor
     """For every loss token, the position whose hidden state predicts it (its own index - 1)."""
     targets: torch.Tensor
-    old_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None
+    """None when a sample has none (demonstrations)."""
     advantages: torch.Tensor
     weights: torch.Tensor
     ref_logprobs: torch.Tensor | None
@@ -101,19 +108,21 @@ def collate(samples: Sequence[Sample], pad_id: int, device: torch.device | str =
             rows.append(r)
             positions.append(pos - 1)
             targets.append(s.input_ids[pos])
-            old.append(s.old_logprobs[j])
+            if s.old_logprobs is not None:
+                old.append(s.old_logprobs[j])
             adv.append(s.advantage)
             w.append(s.weight)
             if s.ref_logprobs is not None:
                 ref.append(s.ref_logprobs[j])
     has_ref = all(s.ref_logprobs is not None for s in samples)
+    has_old = all(s.old_logprobs is not None for s in samples)
     has_ret = all(s.ret is not None for s in samples)
     return Batch(
         input_ids=ids.to(device), attention_mask=mask.to(device),
         rows=torch.tensor(rows, dtype=torch.long, device=device),
         positions=torch.tensor(positions, dtype=torch.long, device=device),
         targets=torch.tensor(targets, dtype=torch.long, device=device),
-        old_logprobs=torch.tensor(old, dtype=torch.float32, device=device),
+        old_logprobs=torch.tensor(old, dtype=torch.float32, device=device) if has_old else None,
         advantages=torch.tensor(adv, dtype=torch.float32, device=device),
         weights=torch.tensor(w, dtype=torch.float32, device=device),
         ref_logprobs=torch.tensor(ref, dtype=torch.float32, device=device) if has_ref else None,

@@ -1,6 +1,7 @@
-"""From a config to a ready trainer: the model, the agent, the env factory, the reward and the evaluator.
+"""From a config to a ready trainer: the model (with ``init_from``'s weights), the agent, the env factory, the reward
+and the evaluator.
 
-``build_trainer(config)`` is what ``stateset-agents train CONFIG`` runs. Every input is checked before any model
+``build_trainer(config)`` is what ``stateset-agents train CONFIG`` runs, for every ``algorithm``. Every input is checked before any model
 is loaded: the env pack, the reward preset, the scenario ids, and the model folder.
 """
 
@@ -12,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .config import GRPOConfig
 from .dist import DistContext
+from .grpo_config import GRPOConfig
+from .sft_config import SFTConfig
+from .tf_config import TrainingFreeConfig
 
-__all__ = ["build_trainer", "make_env_factory", "make_evaluator", "resolve_device", "resolve_model_path"]
+__all__ = ["build_trainer", "build_training_free", "load_model", "make_env_factory", "make_evaluator",
+           "resolve_device", "resolve_model_path"]
 
 
 def resolve_model_path(spec: str) -> Path:
@@ -95,32 +99,110 @@ def make_evaluator(config: GRPOConfig, env_factory: Any, reward: Any, dist: Dist
     return evaluate
 
 
-def build_trainer(config: Any, *, dist: DistContext | None = None) -> Any:
-    """A GRPOTrainer (or, for ``algorithm: training_free``, a TrainingFreeGRPO) built from a loaded config."""
-    if getattr(config, "algorithm", None) == "training_free":
-        from .training_free import build_training_free
+def load_model(config: Any, dist: DistContext, *, name: str = "policy") -> Any:
+    """The config's local model (an HFChatModel) on its device, with ``init_from``'s weights when given."""
+    from ..models.hf import HFChatModel
 
-        return build_training_free(config)
-    if not isinstance(config, GRPOConfig):
-        raise ConfigError(f"build_trainer needs a GRPOConfig, got {type(config).__name__}")
+    path = resolve_model_path(config.model)
+    if config.init_from is not None and not Path(config.init_from).is_dir():
+        raise ConfigError(f"init_from {config.init_from!r} is not a folder; give the output_dir of an earlier run")
+    device = resolve_device(config.device, dist)
+    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    model = HFChatModel(path, dtype=dtype, device=device, max_batch_size=config.max_batch_size,
+                        name=name if config.model != "default" else None)
+    if config.init_from is not None:
+        from .policy import init_weights_from
+
+        init_weights_from(model, config.init_from, config.model)
+    return model
+
+
+def _agent(config: Any, model: Any, domain: str | None) -> Any:
     from ..agents import MultiTurnAgent
     from ..models.base import SamplingParams
-    from ..models.hf import HFChatModel
+
+    return MultiTurnAgent(model, domain=domain, context_tokens=config.context_tokens,
+                          sampling=SamplingParams(temperature=config.temperature,
+                                                  max_new_tokens=config.max_new_tokens))
+
+
+def _dist(config: Any, dist: DistContext | None) -> DistContext:
+    return dist or DistContext.from_env("cuda" if config.device == "cuda" else "cpu")
+
+
+def _build_grpo(config: GRPOConfig, dist: DistContext | None) -> Any:
     from ..rewards import load_reward
     from .trainer import GRPOTrainer
 
     env_factory = make_env_factory(config.env, max_turns=config.max_turns)
     reward = load_reward(config.reward)
-    path = resolve_model_path(config.model)
-    dist = dist or DistContext.from_env("cuda" if config.device == "cuda" else "cpu")
-    device = resolve_device(config.device, dist)
-    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-    model = HFChatModel(path, dtype=dtype, device=device, max_batch_size=config.max_batch_size,
-                        name="policy" if config.model != "default" else None)
-    agent = MultiTurnAgent(model, domain=config.resolved_domain(), context_tokens=config.context_tokens,
-                           sampling=SamplingParams(temperature=config.temperature,
-                                                   max_new_tokens=config.max_new_tokens))
+    dist = _dist(config, dist)
+    agent = _agent(config, load_model(config, dist), config.resolved_domain())
     evaluator = None
     if config.eval_before or config.eval_after or config.eval_every:
         evaluator = make_evaluator(config, env_factory, reward, dist)
     return GRPOTrainer(agent, env_factory, reward, config, dist=dist, evaluator=evaluator)
+
+
+def _build_sft(config: SFTConfig, dist: DistContext | None) -> Any:
+    from ..rewards import load_reward
+    from .sft import SFTTrainer
+
+    env_factory = make_env_factory(config.env, max_turns=config.max_turns)
+    reward = load_reward(config.reward)
+    dist = _dist(config, dist)
+    agent = _agent(config, load_model(config, dist), config.resolved_domain())
+    return SFTTrainer(agent, env_factory, reward, config, dist=dist)
+
+
+def build_training_free(config: TrainingFreeConfig, *, embedder: Any = None) -> Any:
+    """A ready TrainingFreeGRPO from a config: the agent model, the learner, the env, the reward.
+
+    Every input is checked before a model is loaded (pack, reward preset, learner spec, model folders)."""
+    from ..agents.multiturn import strategies
+    from ..models.hf import HFChatModel
+    from ..rewards import load_reward
+    from .tf_config import LearnerEndpoint
+    from .training_free import TrainingFreeGRPO
+
+    env_factory = make_env_factory(config.env, max_turns=config.max_turns)
+    reward = load_reward(config.reward)
+    resolve_model_path(config.model)
+    spec = config.learner
+    learner_path = resolve_model_path(spec) if isinstance(spec, str) and spec not in ("same", "default") else None
+    dist = DistContext()
+    model = load_model(config, dist, name="agent")
+    if isinstance(spec, LearnerEndpoint):
+        from ..models.openai import OpenAIChatModel
+
+        learner: Any = OpenAIChatModel(spec.base_url, spec.model, api_key_env=spec.api_key_env,
+                                       timeout=spec.timeout, max_retries=spec.max_retries)
+    elif learner_path is not None:
+        device = resolve_device(config.device, dist)
+        dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+        learner = HFChatModel(learner_path, dtype=dtype, device=device, max_batch_size=config.max_batch_size,
+                              name="learner")
+    else:
+        learner = model
+    domain = config.domain
+    if domain is None:
+        probe = env_factory()
+        try:
+            domain = probe.pack.domain
+        finally:
+            probe.close()
+    agent = _agent(config, model, domain if domain in strategies() else None)
+    return TrainingFreeGRPO(agent, env_factory, reward, config, learner=learner, embedder=embedder)
+
+
+def build_trainer(config: Any, *, dist: DistContext | None = None) -> Any:
+    """The trainer of ``config.algorithm`` (GRPOTrainer, SFTTrainer or TrainingFreeGRPO) built from a loaded
+    config; every input is checked before a model is loaded."""
+    if isinstance(config, TrainingFreeConfig):
+        return build_training_free(config)
+    if isinstance(config, SFTConfig):
+        return _build_sft(config, dist)
+    if isinstance(config, GRPOConfig):
+        return _build_grpo(config, dist)
+    raise ConfigError(f"build_trainer needs a config from load_config (GRPOConfig, SFTConfig or TrainingFreeConfig), "
+                      f"got {type(config).__name__}")

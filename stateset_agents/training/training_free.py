@@ -446,61 +446,8 @@ def _short(m: dict[str, Any]) -> str:
             f"library {m.get('library_size')}  learner errors {m.get('learner_errors')}")
 
 
-# ------------------------------------------------------------------ from a config
 def build_training_free(config: TrainingFreeConfig, *, embedder: Any = None) -> TrainingFreeGRPO:
-    """A ready :class:`TrainingFreeGRPO` from a config: the agent model, the learner, the env, the reward.
+    """See :func:`.build.build_training_free` (kept here for existing imports)."""
+    from .build import build_training_free as build
 
-    Every input is checked before a model is loaded (pack, reward preset, learner spec, model folders).
-    """
-    if not isinstance(config, TrainingFreeConfig):
-        raise ConfigError(f"build_training_free needs a TrainingFreeConfig, got {type(config).__name__}")
-    from ..agents import MultiTurnAgent
-    from ..agents.multiturn import strategies
-    from ..models.hf import HFChatModel
-    from ..rewards import load_reward
-    from .build import make_env_factory, resolve_model_path
-
-    env_factory = make_env_factory(config.env, max_turns=config.max_turns)
-    reward = load_reward(config.reward)
-    path = resolve_model_path(config.model)
-    learner_spec = config.learner
-    learner_path = None
-    if isinstance(learner_spec, str) and learner_spec not in ("same", "default"):
-        learner_path = resolve_model_path(learner_spec)
-    device, dtype = _device(config)
-    model = HFChatModel(path, dtype=dtype, device=device, max_batch_size=config.max_batch_size,
-                        name="agent" if config.model != "default" else None)
-    if isinstance(learner_spec, LearnerEndpoint):
-        from ..models.openai import OpenAIChatModel
-
-        learner: Any = OpenAIChatModel(learner_spec.base_url, learner_spec.model, api_key_env=learner_spec.api_key_env,
-                                       timeout=learner_spec.timeout, max_retries=learner_spec.max_retries)
-    elif learner_path is not None:
-        learner = HFChatModel(learner_path, dtype=dtype, device=device, max_batch_size=config.max_batch_size,
-                              name="learner")
-    else:
-        learner = model
-    domain = config.domain
-    if domain is None:
-        probe = env_factory()
-        try:
-            domain = probe.pack.domain
-        finally:
-            probe.close()
-    agent = MultiTurnAgent(model, domain=domain if domain in strategies() else None,
-                           context_tokens=config.context_tokens,
-                           sampling=SamplingParams(temperature=config.temperature,
-                                                   max_new_tokens=config.max_new_tokens))
-    return TrainingFreeGRPO(agent, env_factory, reward, config, learner=learner, embedder=embedder)
-
-
-def _device(config: TrainingFreeConfig) -> tuple[str, str]:
-    import torch
-
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA device is available; use device: cpu")
-    dtype = config.dtype if config.dtype != "auto" else ("bfloat16" if device == "cuda" else "float32")
-    return device, dtype
+    return build(config, embedder=embedder)

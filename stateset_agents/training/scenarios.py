@@ -1,0 +1,34 @@
+"""The scenario ids a run uses: a split of the pack, or the ids a config lists (checked, with close matches)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["pick_scenarios", "split_ids"]
+
+
+def split_ids(env_factory: Callable[[], Any], split: str) -> tuple[Any, list[str]]:
+    """The env's pack and the ids of its scenarios in ``split``."""
+    probe = env_factory()
+    try:
+        return probe.pack, [s.id for s in probe.pack.split(split)]
+    finally:
+        probe.close()
+
+
+def pick_scenarios(pool: list[str], wanted: list[str] | None, field: str, split: str, pack: str) -> list[str]:
+    """``wanted`` (checked against ``pool``) or the whole pool. An unknown id is an error naming it, its closest
+    ids in the split, and the split's ids."""
+    if wanted is None:
+        return list(pool)
+    unknown = [s for s in wanted if s not in pool]
+    if unknown:
+        near = {u: difflib.get_close_matches(u, pool, n=1) for u in unknown}
+        hint = "; ".join(f"{u!r}: did you mean {m[0]!r}?" for u, m in near.items() if m)
+        raise ConfigError(f"{field} {unknown} are not in split {split!r} of pack {pack!r}"
+                          + (f" ({hint})" if hint else "") + f"; choose from {pool}")
+    return list(wanted)

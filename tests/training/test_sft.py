@@ -1,0 +1,192 @@
+"""SFT: demonstrations from references, rollouts and JSONL; agent-token-only loss; learning; resume; init_from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stateset_agents.agents import MultiTurnAgent
+from stateset_agents.envs import load_pack
+from stateset_agents.errors import ConfigError
+from stateset_agents.models.hf import HFChatModel
+from stateset_agents.training import load_config
+from stateset_agents.training.batch import collate, samples_from_trajectories
+from stateset_agents.training.build import build_trainer, make_env_factory
+from stateset_agents.training.demonstrations import (
+    jsonl_demonstrations,
+    reference_demonstrations,
+    rollout_demonstrations,
+)
+from stateset_agents.training.sft import SFTTrainer
+
+TOY = str(Path(__file__).parent / "toy_pack")
+ANSWER = "Your order is on its way."
+
+
+def sft_config(path, tmp_path, **overrides):
+    cfg = dict(algorithm="sft", model=str(path), env=TOY, reward="customer_service", use_lora=False,
+               learning_rate=1e-2, epochs=20, batch_size=4, micro_batch_size=2, max_new_tokens=16,
+               demonstrations={"from": "reference", "seeds": 2}, output_dir=str(tmp_path / "sft"),
+               eval_before=False, eval_after=False, progress=False, save_every=0, seed=0)
+    cfg.update(overrides)
+    return load_config(cfg)
+
+
+def make_sft(path, tmp_path, **overrides) -> SFTTrainer:
+    config = sft_config(path, tmp_path, **overrides)
+    agent = MultiTurnAgent(HFChatModel(path), domain=None, context_tokens=512)
+    return SFTTrainer(agent, make_env_factory(TOY), None, config)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+# ---------------------------------------------------------------- config
+def test_sft_config_fields_and_errors():
+    cfg = load_config({"algorithm": "sft", "demonstrations": {"from": "rollouts", "k": 8, "min_success": 1}})
+    assert (cfg.demonstrations.source, cfg.demonstrations.k, cfg.demonstrations.min_success) == ("rollouts", 8, 1)
+    assert "from: rollouts" in cfg.to_yaml()
+    assert load_config(json.loads(json.dumps(cfg.model_dump(mode="json")))) == cfg  # round trip through YAML/JSON
+    with pytest.raises(ConfigError, match="demonstrations from jsonl need `path`"):
+        load_config({"algorithm": "sft", "demonstrations": {"from": "jsonl"}})
+    with pytest.raises(ConfigError, match=r"field 'demonstrations.from': Input should be 'reference', 'rollouts'"):
+        load_config({"algorithm": "sft", "demonstrations": {"from": "web"}})
+    with pytest.raises(ConfigError, match="unknown field 'beta'"):
+        load_config({"algorithm": "sft", "beta": 0.1})  # a GRPO field is not an SFT field
+
+
+# ---------------------------------------------------------------- demonstrations
+def test_reference_demonstrations_tokens_are_the_agents_own(tiny_model_path):
+    pack = load_pack("customer_service")
+    model = HFChatModel(tiny_model_path)
+    agent = MultiTurnAgent(model, domain="customer_service", context_tokens=4096)
+    ids = [s.id for s in pack.split("train")[:2]]
+    trajs, stats = asyncio.run(reference_demonstrations(agent, pack, ids, seeds=3))
+    assert stats["kept"] == len(trajs) == 6 and stats["failed"] == []
+    assert all(t.outcome["success"] for t in trajs)
+    t = trajs[0]
+    assert len(t.completions) == sum(m.role == "assistant" for m in t.messages)
+    tools = pack.tools_openai()
+    agent_turns = [i for i, m in enumerate(t.messages) if m.role == "assistant"]
+    for c, i in zip(t.completions, agent_turns, strict=True):
+        # the prompt is the one the agent builds for this turn; the completion is the message + the end of turn
+        assert c.prompt_ids == model.prompt_ids(agent.build_prompt(t.messages[:i], tools))
+        assert c.completion_ids[-1] == model.tokenizer.eos_token_id
+        assert model.tokenizer.decode(c.completion_ids[:-1]) == c.text
+        assert c.logprobs is None and c.sampling is None
+    # the scripted user's lines vary with the seed
+    users = {tuple(m.content for m in x.messages if m.role == "user") for x in trajs if x.scenario_id == ids[0]}
+    assert len(users) > 1
+    samples = samples_from_trajectories(trajs, need_logprobs=False)
+    b = collate(samples[:2], 0)
+    assert b.old_logprobs is None
+    assert b.targets.tolist() == [tok for s in samples[:2] for tok in s.input_ids[s.completion_start:]]
+
+
+def test_reference_replays_that_fail_are_dropped(tiny_model_path):
+    pack = load_pack("customer_service")
+    s = pack.split("train")[0]
+    broken = s.model_copy(update={"id": "broken", "reference": s.reference[:1]})
+    pack = pack.model_copy(update={"scenarios": [*pack.scenarios, broken]})
+    agent = MultiTurnAgent(HFChatModel(tiny_model_path), domain=None, context_tokens=4096)
+    trajs, stats = asyncio.run(reference_demonstrations(agent, pack, [s.id, "broken"], seeds=2))
+    assert {t.scenario_id for t in trajs} == {s.id} and stats["failed"] == ["broken@seed0", "broken@seed1"]
+    with pytest.raises(ConfigError, match="gave 0 successful demonstrations, fewer than min_success=1"):
+        asyncio.run(reference_demonstrations(agent, pack, ["broken"], seeds=2))
+
+
+def test_jsonl_demonstrations_openai_format(tiny_model_path, tmp_path):
+    agent = MultiTurnAgent(HFChatModel(tiny_model_path), domain=None, context_tokens=4096)
+    f = tmp_path / "demos.jsonl"
+    conv = {"messages": [
+        {"role": "system", "content": "Help the customer."},
+        {"role": "user", "content": "Where is order A1?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_order", "arguments": '{"order_id": "A1"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped"}'},
+        {"role": "assistant", "content": "It has shipped."}]}
+    f.write_text(json.dumps(conv) + "\n\n", encoding="utf-8")
+    trajs, stats = jsonl_demonstrations(f, agent, [])
+    assert stats["episodes"] == 1 and len(trajs[0].completions) == 2
+    first, second = trajs[0].completions
+    assert first.text == '<tool_call>{"name": "get_order", "arguments": {"order_id": "A1"}}</tool_call>'
+    assert first.tool_calls[0].arguments == {"order_id": "A1"}
+    assert second.text == "It has shipped." and len(second.prompt_ids) > len(first.prompt_ids)
+    for bad, msg in [("{not json", r"demos.jsonl:1: not JSON"),
+                     ('{"conversation": []}', r'demos.jsonl:1: a line is .*no "messages" list'),
+                     ('{"messages": [{"role": "robot", "content": "x"}]}', r"demos.jsonl:1 message 0: not an OpenAI"),
+                     ('{"messages": [{"role": "user", "content": "x"}]}', "no assistant message to learn from"),
+                     ('{"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": '
+                      '"{oops"}}]}]}', r"tool_calls\[0\].function.arguments is not JSON")]:
+        f.write_text(bad + "\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=msg):
+            jsonl_demonstrations(f, agent, [])
+    with pytest.raises(ConfigError, match="does not exist"):
+        jsonl_demonstrations(tmp_path / "nope.jsonl", agent, [])
+
+
+# ---------------------------------------------------------------- learning
+def test_sft_on_references_teaches_the_toy_answer_and_lifts_success(tiny_model_path, tmp_path):
+    """The untrained tiny model never says the answer; SFT on the replayed references makes it, and the rollouts of
+    the tuned policy then succeed (what rejection sampling keeps)."""
+    trainer = make_sft(tiny_model_path, tmp_path, eval_before=True, eval_after=True, eval_seeds=[0, 1],
+                       eval_split="train", eval_temperature=0.0)
+    summary = trainer.train()
+    rows = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == len(rows) == trainer.total_steps == 20 * 3  # 12 samples / batch 4, 20 epochs
+    assert rows[-1]["loss"] < 0.1 * rows[0]["loss"]
+    before, after = summary["evals"]["before"], summary["evals"]["after"]
+    assert before["success_rate"]["mean"] == 0.0 and after["success_rate"]["mean"] == 1.0
+    stats = json.loads((tmp_path / "sft" / "demonstrations.json").read_text())
+    assert stats["kept"] == 12 and stats["samples"] == 12  # 6 train scenarios x 2 seeds, one agent turn each
+    kept, rstats = asyncio.run(rollout_demonstrations(trainer.agent, trainer.env_factory, trainer.scenarios, 2,
+                                                      seed=0, concurrency=8))
+    assert rstats["kept"] == len(kept) > 0 and all(t.outcome["success"] for t in kept)
+
+
+def test_rollout_demonstrations_with_an_untrained_policy_stop_with_a_clear_error(tiny_model_path, tmp_path):
+    trainer = make_sft(tiny_model_path, tmp_path, demonstrations={"from": "rollouts", "k": 2, "min_success": 1})
+    with pytest.raises(ConfigError, match="gave 0 successful demonstrations.*init_from an SFT run"):
+        trainer.train()
+
+
+def test_sft_resume_matches_an_uninterrupted_run(tiny_model_path, tmp_path):
+    full = make_sft(tiny_model_path, tmp_path / "a", max_steps=4)
+    full.train()
+    part = make_sft(tiny_model_path, tmp_path / "b", max_steps=2, save_every=1)
+    part.train()
+    with open(tmp_path / "b" / "sft" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')  # a torn line from a killed run
+    resumed = make_sft(tiny_model_path, tmp_path / "b", max_steps=4, save_every=1)
+    resumed.train(resume=True)
+    a, b = weights(full.policy.model), weights(resumed.policy.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (tmp_path / "b" / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+def test_init_from_merges_an_sft_adapter_for_grpo(tiny_model_path, tmp_path):
+    sft = make_sft(tiny_model_path, tmp_path, use_lora=True, lora_r=4, lora_alpha=8, max_steps=3,
+                   learning_rate=5e-2)
+    sft.train()
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        tuned = sft.policy.model(input_ids=ids).logits
+    grpo = load_config({"model": str(tiny_model_path), "env": TOY, "init_from": str(tmp_path / "sft"),
+                        "output_dir": str(tmp_path / "grpo"), "eval_before": False, "eval_after": False,
+                        "max_steps": 1, "progress": False, "use_lora": True, "group_size": 2,
+                        "scenarios_per_step": 1, "max_new_tokens": 4})
+    trainer = build_trainer(grpo)
+    with torch.no_grad():
+        start = trainer.model(input_ids=ids).logits  # fresh adapters are zero: the merged SFT weights
+    assert torch.allclose(start, tuned, atol=1e-5)
+    trainer.train()
+    with pytest.raises(ConfigError, match="trained model .* but this run's model is 'default'"):
+        build_trainer(grpo.model_copy(update={"model": "default"}))
+    with pytest.raises(ConfigError, match="init_from .* is not a folder"):
+        build_trainer(grpo.model_copy(update={"init_from": str(tmp_path / "missing")}))
