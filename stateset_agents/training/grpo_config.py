@@ -58,7 +58,11 @@ class GRPOConfig(PolicyConfig):
     mask_truncated: bool = False
     """Exclude from the loss every agent turn that hit ``max_new_tokens`` (DAPO's overlong filtering)."""
     skip_zero_variance_groups: bool = True
-    """Leave out of the loss groups whose rewards are all equal (their advantages are 0; saves compute)."""
+    """Leave out of the loss groups whose rewards are all equal (advantages 0; saves compute); kept when beta > 0."""
+    zero_variance_rtol: float = Field(default=1e-3, ge=0)
+    """A group's rewards count as all equal when max - min <= this x max(1, the group's largest |reward|)."""
+    advantage_std_floor: float = Field(default=0.1, ge=0)
+    """Group (batch) std floor, x max(1, largest |reward|): tiny shaping differences get tiny advantages, not +-1."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GRPOConfig:

@@ -2,7 +2,8 @@
 
 - :func:`group_advantages`: DeepSeekMath GRPO (Shao et al. 2024, arXiv 2402.03300) eq. for outcome supervision,
   ``A_i = (r_i - mean(r_group)) / std(r_group)``, with the Dr. GRPO option of not dividing by the std
-  (Liu et al. 2025, arXiv 2503.20783) and the batch-std option.
+  (Liu et al. 2025, arXiv 2503.20783) and the batch-std option; the std has a floor relative to the rewards' scale
+  (:func:`reward_scale`), and :func:`has_variance` says whether a group carries any signal.
 - :func:`token_logprobs`: ``log softmax(head(h) / T)[token]`` computed over chunks of tokens, each chunk
   recomputed in the backward pass, so the full-vocabulary logits of the whole batch never exist at once.
 - :func:`clipped_surrogate`: PPO's clipped objective with DAPO's asymmetric clip (Yu et al. 2025,
@@ -26,8 +27,10 @@ __all__ = [
     "entropy_from_hidden",
     "gae",
     "group_advantages",
+    "has_variance",
     "k3_kl",
     "loss_weights",
+    "reward_scale",
     "token_logprobs",
 ]
 
@@ -37,14 +40,28 @@ Head = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 """The LM head: the model's own output module (``get_output_embeddings()``), or a bare ``[V, H]`` weight."""
 
 
+def reward_scale(rewards: torch.Tensor) -> float:
+    """``max(1, max |r|)``: what the relative thresholds (:func:`has_variance`, the std floor) are relative to."""
+    return max(1.0, float(rewards.abs().max())) if rewards.numel() else 1.0
+
+
+def has_variance(rewards: Sequence[float], rtol: float) -> bool:
+    """Whether a group's rewards differ by more than ``rtol`` x :func:`reward_scale` (max - min); one reward: no."""
+    if len(rewards) < 2:
+        return False
+    return max(rewards) - min(rewards) > rtol * reward_scale(torch.tensor(list(rewards), dtype=torch.float64))
+
+
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: ScaleRewards = "group",
-                     eps: float = 1e-4) -> torch.Tensor:
+                     eps: float = 1e-4, std_floor: float = 0.0) -> torch.Tensor:
     """Group-relative advantages for a flat batch.
 
     ``rewards[i]`` is trajectory ``i``'s reward and ``group_ids[i]`` its group. Each reward minus its group's mean,
     divided by the group's standard deviation (``scale="group"``), by the whole batch's (``"batch"``), or by
-    nothing (``"none"``, Dr. GRPO). Standard deviations are the unbiased sample std (``torch.std``), as in TRL, plus
-    ``eps``. A group of one has advantage 0.
+    nothing (``"none"``, Dr. GRPO). Standard deviations are the unbiased sample std (``torch.std``), as in TRL,
+    raised to at least ``std_floor`` x :func:`reward_scale` of the same rewards, plus ``eps``: without the floor, a
+    group whose rewards differ only by noise (1e-6) would get advantages of about +-1. A group of one has
+    advantage 0.
     """
     if rewards.shape != group_ids.shape or rewards.dim() != 1:
         raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be equal 1-D")
@@ -57,11 +74,16 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: Scal
         r = rewards[idx]
         centred = r - r.mean()
         if scale == "group":
-            centred = centred / ((r.std() if r.numel() > 1 else torch.zeros((), dtype=r.dtype)) + eps)
+            centred = centred / (_floored_std(r, std_floor) + eps)
         adv[idx] = centred
     if scale == "batch":
-        adv = adv / ((rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)) + eps)
+        adv = adv / (_floored_std(rewards, std_floor) + eps)
     return adv.float()
+
+
+def _floored_std(r: torch.Tensor, std_floor: float) -> float:
+    std = float(r.std()) if r.numel() > 1 else 0.0
+    return max(std, std_floor * reward_scale(r))
 
 
 def _chunk_logprobs(hidden: torch.Tensor, head: Head, targets: torch.Tensor, temperature: float,

@@ -53,7 +53,16 @@ from .checkpoint import (
 )
 from .config import GRPOConfig
 from .dist import DistContext
-from .losses import clipped_surrogate, gae, group_advantages, k3_kl, loss_weights, token_logprobs
+from .losses import (
+    clipped_surrogate,
+    gae,
+    group_advantages,
+    has_variance,
+    k3_kl,
+    loss_weights,
+    reward_scale,
+    token_logprobs,
+)
 from .metrics_io import keep_rows_through_step
 from .prefix import (
     MIN_SHARED_PREFIX,
@@ -148,6 +157,22 @@ def refuse_dropout(lm: Any, cfg: GRPOConfig) -> None:
         shown = ", ".join(f"{k}={v}" for k, v in list(found.items())[:4])
         raise ConfigError(f"the model uses dropout ({shown}), which makes the training forward differ from the "
                           "sampling forward; set these to 0 in the model's config.json")
+
+
+def group_signal(groups: Sequence[TrajectoryGroup], rtol: float) -> list[str]:
+    """Per group, where its reward variance comes from: ``outcome`` (the episodes' success differs), ``shaping``
+    (rewards differ, success does not: only shaping components such as similarity vary) or ``none`` (see
+    :func:`~.losses.has_variance`). Only scored episodes count."""
+    out = []
+    for g in groups:
+        scored = [t for t in g.trajectories if t.reward is not None]
+        if not has_variance([t.reward for t in scored], rtol):
+            out.append("none")
+        elif len({bool(t.outcome and t.outcome.get("success")) for t in scored}) > 1:
+            out.append("outcome")
+        else:
+            out.append("shaping")
+    return out
 
 
 class GRPOTrainer:
@@ -424,7 +449,7 @@ class GRPOTrainer:
         zero_var: set[int] = set()
         for gi, g in enumerate(groups):
             vals = [t.reward for t in g.trajectories if t.reward is not None]
-            if len(vals) < 2 or max(vals) - min(vals) < 1e-12:
+            if not has_variance(vals, cfg.zero_variance_rtol):
                 zero_var.add(gi)
             for t in g.trajectories:
                 if t.reward is not None:
@@ -440,9 +465,10 @@ class GRPOTrainer:
             adv = group_advantages(r, g, "none").double()
             s, s2, n = self.dist.all_reduce_sum([float(r.sum()), float((r * r).sum()), float(r.numel())])
             var = max(0.0, (s2 - s * s / n) / max(n - 1, 1))
-            adv = adv / (math.sqrt(var) + 1e-4)
+            scale = max(self.dist.all_gather_object(reward_scale(r)))
+            adv = adv / (max(math.sqrt(var), cfg.advantage_std_floor * scale) + 1e-4)
         else:
-            adv = group_advantages(r, g, cfg.scale_rewards)
+            adv = group_advantages(r, g, cfg.scale_rewards, std_floor=cfg.advantage_std_floor)
         for i, a in zip(ids, adv.tolist(), strict=True):
             out[i] = a
         return out, zero_var
@@ -450,7 +476,10 @@ class GRPOTrainer:
     def _samples(self, trajs: list[Trajectory], advantages: dict[int, float], groups: Sequence[TrajectoryGroup],
                  zero_var: set[int]) -> list[Sample]:
         cfg = self.config
-        skip = {id(t) for gi in zero_var for t in groups[gi].trajectories} if cfg.skip_zero_variance_groups else set()
+        # a group without reward variance has advantage 0, but with beta > 0 its KL term is still part of the
+        # objective, so it is only skipped (to save compute) when there is no KL term
+        skipping = cfg.skip_zero_variance_groups and cfg.beta == 0
+        skip = {id(t) for gi in zero_var for t in groups[gi].trajectories} if skipping else set()
         if cfg.advantage_estimator == "gae":
             skip = set()  # GAE advantages differ per turn even when a group's rewards are equal
         idx = [i for i, t in enumerate(trajs) if t.reward is not None and id(t) not in skip]
@@ -683,6 +712,10 @@ class GRPOTrainer:
         for i, c in enumerate(comp_names):
             s, k = tot[9 + 2 * i], tot[10 + 2 * i]
             m[f"components/{c}"] = s / k if k else None
+        kinds = group_signal(groups, self.config.zero_variance_rtol)
+        n_out, n_shape, n_none = self.dist.all_reduce_sum([kinds.count(k) for k in ("outcome", "shaping", "none")])
+        m.update({"groups/outcome_variance": int(n_out), "groups/shaping_variance_only": int(n_shape),
+                  "groups/no_variance": int(n_none)})
         m.update({k: v for k, v in update.items()})
         m.update({f"time/{k}": v for k, v in times.items()})
         m["peak_rss_mb"] = _peak_rss_mb()  # this process's high-water mark so far (host memory)

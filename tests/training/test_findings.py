@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -105,3 +106,53 @@ def test_sequence_level_clip_range_defaults_to_the_gspo_papers():
     explicit = GRPOConfig(importance_sampling_level="sequence", epsilon=0.01)
     assert (explicit.epsilon, explicit.clip_high) == (0.01, 0.01)
     assert (GRPOConfig().epsilon, GRPOConfig().clip_high) == (0.2, 0.2)  # token level unchanged
+
+
+# ---------------------------------------------------------------- 3, 4: groups without reward signal
+def _group(sid, rewards, successes=None):
+    from stateset_agents.types import Trajectory, TrajectoryGroup
+
+    successes = successes or [False] * len(rewards)
+    return TrajectoryGroup(scenario_id=sid, trajectories=[
+        Trajectory(scenario_id=sid, reward=r, outcome={"success": s}) for r, s in zip(rewards, successes, strict=True)])
+
+
+def test_shaping_noise_is_not_blown_up_into_unit_advantages(tiny_model_path, tmp_path):
+    trainer = make_trainer(tiny_model_path, tmp_path, CharCount())
+    noise = _group("a", [0.5 + 1e-6 * i for i in range(4)])  # embedding-similarity jitter: no signal
+    small = _group("b", [0.50, 0.51, 0.50, 0.51])  # a real but small shaping difference
+    outcome = _group("c", [0.0, 1.0, 0.0, 0.0], [False, True, False, False])
+    adv, zero_var = trainer._advantages([noise, small, outcome])
+    assert zero_var == {0}
+    assert max(abs(adv[id(t)]) for t in small.trajectories) < 0.1  # std floor 0.1: +-0.05, not +-0.87
+    assert [round(adv[id(t)], 3) for t in outcome.trajectories] == [-0.5, 1.5, -0.5, -0.5]
+
+
+def test_groups_are_counted_by_the_kind_of_reward_variance(tiny_model_path, tmp_path):
+    from stateset_agents.training.trainer import group_signal
+
+    groups = [_group("a", [0.5, 0.5]), _group("b", [0.2, 0.3]), _group("c", [0.0, 1.0], [False, True]),
+              _group("d", [0.5, 0.5 + 1e-7])]
+    assert group_signal(groups, rtol=1e-3) == ["none", "shaping", "outcome", "none"]
+    m = asyncio.run(make_trainer(tiny_model_path, tmp_path, CharCount(), max_steps=1).astep())
+    assert m["groups/outcome_variance"] + m["groups/shaping_variance_only"] + m["groups/no_variance"] == 4
+    assert m["groups/shaping_variance_only"] >= 1  # characters vary, the toy outcome does not
+
+
+class ScenarioDigit(CharCount):
+    """Programmatic reward equal within every group (the scenario id's last digit / 10): no group has variance."""
+
+    name = "scenario_digit"
+
+    def score_one(self, t):
+        return int(t.scenario_id[-1]) / 10
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_zero_variance_groups_keep_their_kl_term(tiny_model_path, tmp_path, use_lora):
+    trainer = make_trainer(tiny_model_path, tmp_path, ScenarioDigit(), max_steps=1, beta=0.1, use_lora=use_lora)
+    m = asyncio.run(trainer.astep())
+    assert m["zero_variance_groups"] == 1.0
+    assert m["loss_tokens"] > 0 and m["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
+    trainer.config.beta = 0.0  # without a KL term, the skip only saves compute
+    assert asyncio.run(trainer.astep())["loss_tokens"] == 0
