@@ -88,6 +88,11 @@ class SamplingParams(_Strict):
     """Generation ends when any of these strings appears; the stop string is not returned."""
     seed: int | None = None
     """Per-request seed for reproducible sampling."""
+    json_schema: dict[str, Any] | None = None
+    """Constrain the completion to a JSON document valid under this schema (as vLLM's guided decoding): local
+    models mask disallowed tokens at every step (llguidance, see models/grammar.py), OpenAI-compatible endpoints
+    get it as ``response_format``. For judges and learners that must answer in JSON; never for a trained policy
+    (the trainer does not re-apply the grammar, so its log-probs would not match)."""
 
 
 class Completion(_Strict):

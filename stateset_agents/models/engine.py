@@ -28,6 +28,9 @@ every hidden state is the one a full prefill computes (causal attention), up to 
 cache is dropped when the weights change: ``clear_prefix_cache()`` is called by the trainer after every update,
 and a fingerprint of the parameters is checked before each reuse.
 
+Constrained decoding: a request with ``sampling.json_schema`` has its row's logits masked by its grammar
+(llguidance) before sampling, and ends when the JSON document is complete (see :mod:`.grammar`).
+
 Log-probs: for each sampled token, ``log p(token)`` under the distribution it was sampled from: the model's
 logits divided by ``temperature``, restricted to the top-p nucleus and renormalised. With ``top_p=1`` this is
 ``log_softmax(logits / temperature)``. With ``temperature=0`` (greedy) the sampling distribution is a point
@@ -51,6 +54,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ._compat import cache_kwarg, logits_kwarg
 from .base import SamplingParams
+from .grammar import GrammarCompiler, JsonConstraint
 
 __all__ = ["EngineStats", "GenerationEngine", "GenerationResult"]
 
@@ -91,6 +95,8 @@ class _Request:
     text: str = ""
     on_token: Callable[[int, float], None] | None = None
     """Called on ``loop`` with each sampled token id and its log-prob (streaming)."""
+    constraint: JsonConstraint | None = None
+    """The JSON-schema grammar state of a constrained request (``sampling.json_schema``)."""
 
 
 class GenerationEngine:
@@ -131,6 +137,7 @@ class GenerationEngine:
         self._prefix: _Prefix | None = None
         self._last_prompt: list[int] = []
         self._clear_prefix = threading.Event()
+        self._grammars: GrammarCompiler | None = None
 
     # ------------------------------------------------------------------ public
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams, *,
@@ -138,9 +145,11 @@ class GenerationEngine:
         """Generate one completion. ``on_token``, if given, is called on this event loop with each sampled
         token id and its log-prob as soon as it is sampled (see the module docs)."""
         loop = asyncio.get_running_loop()
+        constraint = self._constraint(sampling.json_schema) if sampling.json_schema is not None else None
         g = torch.Generator(device="cpu")
         g.manual_seed(sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        req = _Request(list(prompt_ids), sampling, loop.create_future(), loop, g, on_token=on_token)
+        req = _Request(list(prompt_ids), sampling, loop.create_future(), loop, g, on_token=on_token,
+                       constraint=constraint)
         with self._lock:
             self._waiting.append(req)
             self.stats.requests += 1
@@ -150,6 +159,12 @@ class GenerationEngine:
             self._executor.submit(self._run)
         self._wake.set()
         return await req.future
+
+    def _constraint(self, schema: dict[str, Any]) -> JsonConstraint:
+        if self._grammars is None:
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            self._grammars = GrammarCompiler(self.tokenizer, vocab_size=vocab, eos_token_ids=sorted(self.eos))
+        return self._grammars.constraint(schema)
 
     @property
     def batch_size(self) -> int:
@@ -296,9 +311,14 @@ class GenerationEngine:
         self._sample_and_finish(list(self._active), out.logits[:, -1, :].float())
 
     def _sample_and_finish(self, reqs: list[_Request], logits: torch.Tensor) -> None:
+        for i, r in enumerate(reqs):
+            if r.constraint is not None:
+                r.constraint.mask(logits[i])
         for r, (token, lp) in zip(reqs, _sample_rows(logits, reqs), strict=True):
             r.out_ids.append(token)
             r.logprobs.append(lp)
+            if r.constraint is not None and token not in self.eos:
+                r.constraint.advance(token)
             self.stats.new_tokens += 1
             if r.on_token is not None:
                 r.loop.call_soon_threadsafe(r.on_token, token, lp)
@@ -333,6 +353,10 @@ class GenerationEngine:
         if token in self.eos:
             r.finish = "stop"
             r.text = self.tokenizer.decode(r.out_ids[:-1], skip_special_tokens=True)
+            return
+        if r.constraint is not None and r.constraint.done:  # the JSON document is complete
+            r.finish = "stop"
+            r.text = self.tokenizer.decode(r.out_ids, skip_special_tokens=True)
             return
         if s.stop:
             text = self.tokenizer.decode(r.out_ids, skip_special_tokens=True)

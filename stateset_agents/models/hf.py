@@ -92,6 +92,8 @@ class HFChatModel:
                              "or lower max_new_tokens")
         try:
             result = await self.engine.generate(prompt, sampling, on_token=on_token)
+        except ConfigError:  # the request itself is bad (e.g. a json_schema that does not compile)
+            raise
         except Exception as e:
             raise ModelError(f"generation with {self.name!r} failed: {type(e).__name__}: {e}") from e
         parsed = parse_message(result.text)

@@ -80,6 +80,10 @@ class OpenAIChatModel:
             body["stop"] = sampling.stop
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.json_schema is not None:  # OpenAI's structured-output shape (vLLM, llama.cpp, Ollama take it too)
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "response", "schema": sampling.json_schema,
+                                                       "strict": True}}
         if tools:
             body["tools"] = tools
         if self.logprobs:
