@@ -1,7 +1,7 @@
 """The FastAPI app of ``stateset-agents serve``, and running it under uvicorn.
 
 ``create_app(config, model=None)`` wires the routers (OpenAI API, conversations, jobs), ``/healthz``, ``/metrics``,
-the middleware (metrics outermost, then auth, then the body bound) and JSON errors. The model is loaded at startup
+the middleware (metrics outermost, then the Host-header check, CORS when configured, auth, the body bound) and JSON errors. The model is loaded at startup
 from ``config.model`` unless one is handed in (tests hand in the tiny model). ``serve(config)`` runs it.
 """
 
@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .config import ServeConfig
+from .config import ServeConfig, is_loopback
 from .conversations import ConversationStore
 from .conversations import router as conversations_router
 from .db import Database
@@ -25,7 +25,7 @@ from .errors import APIError, install_error_handlers
 from .jobs import JobManager
 from .jobs import router as jobs_router
 from .metrics import MetricsMiddleware, ServiceMetrics, TokenRate
-from .middleware import AuthMiddleware, BodyLimitMiddleware
+from .middleware import AuthMiddleware, BodyLimitMiddleware, HostCheckMiddleware
 from .openai_api import router as openai_router
 
 __all__ = ["Service", "create_app", "serve"]
@@ -153,6 +153,13 @@ def create_app(config: ServeConfig | None = None, *, model: Any = None) -> FastA
 
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
     app.add_middleware(AuthMiddleware, api_key=config.api_key)
+    if config.cors_origins:  # no CORS headers at all unless origins are configured
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(HostCheckMiddleware, allowed_hosts=config.allowed_hosts, loopback=is_loopback(config.host),
+                       port=config.port)
     # Route templates for metric labels: the routers' own routes (included routers do not expose theirs).
     routes = [*openai_router.routes, *conversations_router.routes, *jobs_router.routes,
               *(r for r in app.routes if getattr(r, "path", None))]

@@ -32,6 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs/jobs", help="where training jobs write their run folders")
     p.add_argument("--allowed-dir", action="append", default=[], metavar="DIR",
                    help="a folder job configs may name files in (repeatable); runs-dir is always allowed")
+    p.add_argument("--allow-endpoint", action="append", default=[], metavar="'URL [KEY_VAR]'",
+                   help="an OpenAI-compatible endpoint jobs may call (repeatable; none by default), optionally "
+                        "with the environment variable holding its key, passed to jobs that use it")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="HOST[:PORT]",
+                   help="a Host header value to answer (repeatable; '*' for any); default on loopback: "
+                        "127.0.0.1, localhost and [::1] with the port")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a browser origin allowed by CORS (repeatable; default none)")
     p.add_argument("--max-active-jobs", type=int, default=1)
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
     p.add_argument("--max-body-bytes", type=int, default=1_048_576)
@@ -47,7 +55,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     try:
         return ServeConfig(
             host=args.host, port=args.port, api_key=os.environ.get(args.api_key_env) or None,
-            allow_no_auth=args.allow_no_auth, model=args.model, model_name=args.model_name, device=args.device,
+            api_key_env=args.api_key_env, allow_no_auth=args.allow_no_auth, allowed_endpoints=args.allow_endpoint,
+            allowed_hosts=args.allowed_host, cors_origins=args.cors_origin, model=args.model, model_name=args.model_name, device=args.device,
             dtype=args.dtype, max_batch_size=args.max_batch_size, threads=args.threads, state_dir=args.state_dir,
             runs_dir=args.runs_dir, allowed_dirs=args.allowed_dir, max_active_jobs=args.max_active_jobs,
             max_tokens_limit=args.max_tokens_limit, max_body_bytes=args.max_body_bytes)

@@ -36,8 +36,18 @@ class ServeConfig(BaseModel):
     """TCP port (0: any free port)."""
     api_key: str | None = Field(default=None, repr=False)
     """When set, every endpoint but ``/healthz`` requires ``Authorization: Bearer <api_key>``."""
+    api_key_env: str = "STATESET_API_KEY"
+    """The environment variable the key was read from; it never reaches a job process."""
     allow_no_auth: bool = False
     """Allow binding a non-loopback address without an API key (not recommended)."""
+    allowed_hosts: list[str] | None = None
+    """Host header values answered (``name`` or ``name:port``; ``*``: any). Default: on a loopback address only
+    ``127.0.0.1``, ``localhost`` and ``[::1]`` with the server's port (against DNS rebinding); elsewhere any."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Browser origins allowed by CORS (e.g. ``https://app.example``); none by default: no CORS headers."""
+    allowed_endpoints: list[str] = Field(default_factory=list)
+    """Outbound endpoints jobs may call, each ``URL`` or ``URL KEY_VARIABLE`` (see serving/egress.py); none by
+    default."""
 
     # ------------------------------------------------------------ the model
     model: str = "default"
@@ -101,8 +111,22 @@ class ServeConfig(BaseModel):
                              "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return v
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not h.strip() or any(c.isspace() for c in h) for h in v)):
+            raise ValueError(f"allowed_hosts {v!r} must be non-empty host names (name or name:port, or '*')")
+        return None if v is None else [h.lower() for h in v]
+
     @model_validator(mode="after")
     def _safety(self) -> ServeConfig:
+        from .egress import parse_endpoint_spec
+
+        for spec in self.allowed_endpoints:
+            try:
+                parse_endpoint_spec(spec, server_key_env=self.api_key_env)
+            except ValueError as e:
+                raise ValueError(f"allowed_endpoints: {e}") from e
         if not is_loopback(self.host) and self.api_key is None and not self.allow_no_auth:
             raise ValueError(f"host {self.host!r} is not a loopback address and no API key is set; set an API key "
                              "(--api-key-env) or, if the network is trusted, pass --allow-no-auth")

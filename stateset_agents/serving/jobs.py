@@ -6,11 +6,12 @@
     POST   /api/jobs/{id}/cancel   SIGTERM to the job's process group, SIGKILL after ``job_cancel_grace_s``
     WS     /ws/jobs/{id}           {"event": "status" | "metrics", ...}: every line of metrics.jsonl, then live
 
-Before a process starts, the config is validated (``load_config``: unknown fields, bad values and cross-field
-rules are 400 naming the field), the env pack and reward preset must exist, and every file or folder it names
-(``model``, ``env``, ``reward``, ``learner`` when they are paths, and a config file given by path) must lie under
-``runs_dir`` or one of ``allowed_dirs`` after resolving ``..`` and symlinks. ``output_dir`` is always
-``runs_dir/<job id>`` (a config's own ``output_dir`` is replaced) and ``progress`` is off.
+Before a process starts, the request is checked by :mod:`.job_config`: ``load_config`` (unknown fields, bad
+values and cross-field rules are 400 naming the field), every endpoint against the allow-list (:mod:`.egress`),
+every name that becomes a path through the one resolver (:mod:`.paths`), and the env pack and reward preset must
+load. ``output_dir`` is always ``runs_dir/<job id>`` (a config's own ``output_dir`` is replaced) and ``progress``
+is off. A reward preset given as a file is copied, checked and with its paths resolved, to ``RUN_DIR/reward.yaml``.
+The job's process gets a scrubbed environment (:func:`.egress.job_environment`).
 
 A job runs ``python -m stateset_agents train RUN_DIR/job.yaml --output-dir RUN_DIR`` under a small runner
 (:mod:`stateset_agents.serving.runner`) that records the exit code in ``RUN_DIR/exit.json``, in a new session (so
@@ -38,9 +39,10 @@ import yaml
 from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, PackError
 from .db import Database, dumps
+from .egress import EndpointPolicy, job_environment
 from .errors import APIError
+from .job_config import ValidatedJob, validate_job
 
 __all__ = ["JobManager", "router"]
 
@@ -103,9 +105,11 @@ def _alive(pid: int | None, run_dir: str) -> bool:
     return True
 
 
-def _is_path(value: str) -> bool:
-    """A config value that names a file or folder (rather than a built-in name)."""
-    return "/" in value or os.sep in value or value.startswith((".", "~")) or Path(value).exists()
+def _write(path: Path, text: str) -> None:
+    """Atomically: a temp file in the same folder, then rename."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _read_exit(run_dir: Path) -> int | None:
@@ -119,6 +123,7 @@ class JobManager:
 
     def __init__(self, db: Database, config: Any, metrics: Any = None) -> None:
         self.db, self.config, self.metrics = db, config, metrics
+        self.policy = EndpointPolicy(config.allowed_endpoints, server_key_env=config.api_key_env)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._finished: dict[str, asyncio.Event] = {}
@@ -149,77 +154,27 @@ class JobManager:
         return self.db.query("SELECT COUNT(*) AS n FROM jobs WHERE status IN (?, ?)", ACTIVE)[0]["n"]
 
     # ------------------------------------------------------------ validation
-    def _roots(self) -> list[Path]:
-        return [self.config.runs_dir, *self.config.allowed_dirs]
-
-    def _allowed(self, value: str, field: str) -> Path:
-        p = Path(value).expanduser().resolve()
-        if not any(p.is_relative_to(root) for root in self._roots()):
-            roots = ", ".join(str(r) for r in self._roots())
-            raise APIError(400, f"field {field!r}: {value!r} resolves to {str(p)!r}, outside the directories jobs "
-                                f"may use ({roots}); put the file there or start the server with --allowed-dir",
-                           param=field)
-        return p
-
-    def _read_config_file(self, value: str) -> dict[str, Any]:
-        path = self._allowed(value, "config")
-        if not path.is_file():
-            raise APIError(400, f"field 'config': {value!r} is not a file", param="config")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise APIError(400, f"field 'config': {value!r} is not valid YAML: {e}", param="config") from e
-        if not isinstance(data, dict):
-            raise APIError(400, f"field 'config': {value!r} must hold a mapping of fields", param="config")
-        return data
-
-    def validate(self, req: JobRequest, run_dir: Path) -> Any:
-        """The loaded config with every named path checked and made absolute (400 naming the field otherwise)."""
-        from ..envs.pack import load_pack
-        from ..rewards.presets import preset_path
-        from ..training import load_config
-
-        data = self._read_config_file(req.config) if isinstance(req.config, str) else dict(req.config)
-        data.update(req.overrides)
-        data.update(output_dir=str(run_dir), progress=False)
-        try:
-            cfg = load_config(data)
-        except ConfigError as e:
-            raise APIError(400, str(e).replace("config: ", "field 'config': ", 1), param="config") from e
-        updates: dict[str, str] = {}
-        if cfg.model != "default":
-            model = self._allowed(cfg.model, "config.model")
-            if not (model / "config.json").is_file():
-                raise APIError(400, f"field 'config.model': {cfg.model!r} is not a model folder (no config.json)",
-                               param="config.model")
-            updates["model"] = str(model)
-        learner = getattr(cfg, "learner", None)
-        if isinstance(learner, str) and learner not in ("same", "default"):
-            updates["learner"] = str(self._allowed(learner, "config.learner"))
-        if _is_path(cfg.env):  # a built-in name, or another name (left to load_pack's error), is not a path
-            updates["env"] = str(self._allowed(cfg.env, "config.env"))
-        if Path(cfg.reward).suffix in (".yaml", ".yml"):
-            updates["reward"] = str(self._allowed(cfg.reward, "config.reward"))
-        cfg = cfg.model_copy(update=updates)
-        try:
-            load_pack(cfg.env)
-            preset_path(cfg.reward).stat()
-        except (PackError, ConfigError, OSError) as e:
-            field = "config.env" if isinstance(e, PackError) else "config.reward"
-            raise APIError(400, f"field {field!r}: {e}", param=field) from e
-        return cfg
+    def validate(self, req: JobRequest, run_dir: Path) -> ValidatedJob:
+        """The checked config (see :mod:`.job_config`); 400 naming the field otherwise."""
+        roots = [self.config.runs_dir, *self.config.allowed_dirs]
+        return validate_job(req.config, req.overrides, run_dir, roots, self.policy)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self, req: JobRequest) -> dict[str, Any]:
         job_id = f"job_{time.strftime('%Y%m%d-%H%M%S')}_{secrets.token_hex(4)}"
         run_dir = self.config.runs_dir / job_id
-        cfg = self.validate(req, run_dir)
+        job = self.validate(req, run_dir)
+        cfg = job.config
         if self.active_count() >= self.config.max_active_jobs:
             raise APIError(409, f"{self.active_count()} job(s) running, the limit is {self.config.max_active_jobs} "
                                 "(max_active_jobs); cancel one or wait", code="too_many_jobs")
         run_dir.mkdir(parents=True, exist_ok=False)
+        if job.reward_preset is not None:  # the checked content, with its paths resolved, is what the job reads
+            _write(run_dir / "reward.yaml", yaml.safe_dump(job.reward_preset, sort_keys=False))
+            cfg = cfg.model_copy(update={"reward": str(run_dir / "reward.yaml")})
         config_path = run_dir / "job.yaml"
-        config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        _write(config_path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        env = job_environment(os.environ, job.key_vars, server_key_env=self.config.api_key_env)
         now = time.time()
         self.db.execute("INSERT INTO jobs (id, status, algorithm, config, run_dir, created, started) "
                         "VALUES (?, 'running', ?, ?, ?, ?, ?)",
@@ -229,7 +184,7 @@ class JobManager:
         try:
             with open(run_dir / "job.log", "ab") as log:
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                        start_new_session=True, env=env)
         except OSError as e:
             self._finish(job_id, "failed", None, f"could not start the job's process: {e}")
             raise APIError(500, f"could not start job {job_id}: {e}") from e

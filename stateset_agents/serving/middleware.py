@@ -1,4 +1,10 @@
-"""Plain ASGI middleware: bearer-token auth and the request-body bound.
+"""Plain ASGI middleware: the Host-header check, bearer-token auth and the request-body bound.
+
+Host header: a server bound to a loopback address answers only requests whose ``Host`` is ``127.0.0.1``,
+``localhost`` or ``[::1]`` with its port, so a web page that rebinds its own domain name to 127.0.0.1 (DNS
+rebinding) cannot talk to it from the user's browser. ``allowed_hosts`` replaces that list (a proxy's name; an
+entry without a port matches any port; ``*`` turns the check off). Others get 400 with ``param: "host"``; a
+WebSocket handshake is closed before it is accepted.
 
 Auth: when an API key is configured, every HTTP request and WebSocket handshake but ``/healthz`` must carry
 ``Authorization: Bearer <key>`` (compared in constant time). A refused HTTP request gets 401 with a JSON error; a
@@ -16,7 +22,7 @@ from typing import Any
 
 from .errors import error_body
 
-__all__ = ["AuthMiddleware", "BodyLimitMiddleware"]
+__all__ = ["AuthMiddleware", "BodyLimitMiddleware", "HostCheckMiddleware"]
 
 _OPEN_PATHS = frozenset({"/healthz"})
 
@@ -27,6 +33,41 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
                             *headers]})
     await send({"type": "http.response.body", "body": raw})
+
+
+class HostCheckMiddleware:
+    def __init__(self, app: Any, allowed_hosts: list[str] | None, loopback: bool, port: int) -> None:
+        self.app, self.port, self.loopback = app, port, loopback
+        self.allowed = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+
+    def _names(self, scope: dict[str, Any]) -> set[str] | None:
+        if self.allowed is not None:
+            return None if "*" in self.allowed else self.allowed
+        if not self.loopback:
+            return None
+        port = (scope.get("server") or (None, self.port))[1] or self.port
+        names = {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]")}
+        return names | {"127.0.0.1", "localhost", "[::1]"} if port == 80 else names
+
+    def _ok(self, host: str, names: set[str]) -> bool:
+        if host in names:
+            return True
+        name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        return bool(self.allowed) and port.isdigit() and name in names
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        names = self._names(scope) if scope["type"] in ("http", "websocket") else None
+        host = next((v for k, v in scope.get("headers", []) if k == b"host"), b"").decode("latin-1").lower()
+        if names is None or self._ok(host, names):
+            await self.app(scope, receive, send)
+            return
+        message = (f"Host header {host!r} is not a name this server answers to ({', '.join(sorted(names))}); "
+                   "connect by one of them, or start the server with --allowed-host NAME (e.g. behind a proxy)")
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.close", "code": 1008, "reason": "Host header not allowed"})
+            return
+        await _send_json(send, 400, error_body(400, message, param="host", code="invalid_host"))
 
 
 class AuthMiddleware:

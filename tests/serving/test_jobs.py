@@ -92,7 +92,7 @@ def _train_processes(run_dir: str) -> list[int]:
     ({"env": "{allowed}/../../../etc"}, "config.env", "outside the directories jobs may use"),
     ({"reward": "{root}/outside.yaml"}, "config.reward", "outside the directories jobs may use"),
     ({"env": "{allowed}"}, "config.env", "not a folder with pack.yaml"),
-    ({"env": "no_such_pack"}, "config.env", "no environment pack 'no_such_pack'"),
+    ({"env": "no_such_pack"}, "config.env", "'no_such_pack' is not a built-in environment pack"),
 ])
 def test_bad_job_configs_are_refused_before_a_process_starts(job_env, tiny_model, change, param, message):
     root, config, base = job_env
@@ -118,7 +118,7 @@ def test_config_files_must_lie_under_the_allowed_folders(job_env, tiny_model):
             assert r.status_code == 400 and r.json()["error"]["param"] == "config"
             assert "outside the directories jobs may use" in r.json()["error"]["message"]
         r = c.post("/api/jobs", json={"config": str(root / "allowed" / "missing.yaml")})
-        assert r.status_code == 400 and "is not a file" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "does not exist" in r.json()["error"]["message"]
         r = c.post("/api/jobs", json={"config": {}, "extra": 1})
         assert r.status_code == 400 and r.json()["error"]["param"] == "extra"
         assert c.get("/api/jobs/job_nope").status_code == 404
