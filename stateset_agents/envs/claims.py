@@ -53,13 +53,18 @@ def claims_in(specs: list[ClaimSpec], text: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _fields(spec: ClaimSpec) -> set[str]:
+    return {side.split(".", 1)[1] for c in spec.where for side in (c.left, c.right)
+            if isinstance(side, str) and side.startswith("$record.")}
+
+
 def _backed(spec: ClaimSpec, pack: EnvPack, seed: Database, db: Database) -> bool:
     policy = pack.policy.values
+    fields = _fields(spec)
     for key, rec in db.get(spec.table, {}).items():
         if all(evaluate(c, record=rec, policy=policy, db=db) for c in spec.where):
             before = seed.get(spec.table, {}).get(key)
-            if not spec.changed or before is None or not all(
-                    evaluate(c, record=before, policy=policy, db=seed) for c in spec.where):
+            if not spec.changed or before is None or any(before.get(f) != rec.get(f) for f in fields):
                 return True
     return False
 

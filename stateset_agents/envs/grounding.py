@@ -2,7 +2,8 @@
 
 A required fact is *grounded* when the pack says so (``grounded: true``) or, by default, when every one of
 its phrases, or at least one phrase with a digit-bearing value (a date, an amount, an id), holds a value of the scenario's database (the seed with ``expected_changes`` applied, record
-keys included) that the user never says (not in the openings, the persona or the hidden facts): a database
+keys included) that the agent cannot know without a tool (not in the pack's system prompt, nor in the
+user's openings, persona or hidden facts): a database
 string inside the phrase, the phrase inside a database string (``may 22`` in ``Thursday, May 22``), or a
 number of the database of 10 or more, or with a fraction (``$42.50`` matches ``42.5``; a "2" in "2 hours"
 is too common to count). Strings of three or more characters compare as whole
@@ -71,9 +72,11 @@ def _db_values(pack: EnvPack, scenario: Scenario) -> tuple[set[str], set[float]]
     return strings, numbers
 
 
-def _user_text(scenario: Scenario) -> str:
+def _known_text(pack: EnvPack, scenario: Scenario) -> str:
+    """What the agent knows without a tool: the system prompt and everything the user may say."""
     u = scenario.user
-    return _norm(" ".join([*u.opening, u.persona, *(f.reply for f in u.facts), *(f.value for f in u.facts)]))
+    return _norm(" ".join([pack.system_prompt, *u.opening, u.persona, *(f.reply for f in u.facts),
+                           *(f.value for f in u.facts)]))
 
 
 def _word_in(needle: str, hay: str) -> bool:
@@ -96,7 +99,7 @@ def _phrase_evidence(phrase: str, strings: set[str], numbers: set[float], user: 
 def evidence_for(pack: EnvPack, scenario: Scenario) -> dict[str, Evidence]:
     """Fact id -> per-phrase evidence (None: the fact is not grounded). See the module docstring."""
     strings, numbers = _db_values(pack, scenario)
-    user = _user_text(scenario)
+    user = _known_text(pack, scenario)
     out: dict[str, Evidence] = {}
     for fact in scenario.required_facts:
         per = [_phrase_evidence(p, strings, numbers, user) for p in fact.any_of]

@@ -7,7 +7,8 @@ The episode reward is ``success`` (0 or 1, tau-bench's convention). ``info["outc
 - ``progress`` in [0, 1]: partial credit for what the agent changed or obtained, the fraction earned of
   the scenario's *progress items*: each goal condition that is false in the seed database (earned when true
   at the end), each expected change that differs from the seed (earned when the end database has it), each
-  required fact (earned when told, see :class:`EpisodeRecord`) and each required action (earned when made).
+  required fact (earned when told, see :class:`EpisodeRecord`) and each required action (earned when made,
+  but only alongside another earned item: a lookup by itself obtains nothing for the user).
   ``progress`` is 0 when any forbidden action was taken or the database was changed where the scenario
   expects no change (``collateral_changes``). ``progress_items`` gives ``[earned, total]`` per kind.
 - ``goal_reached``: the goal's conditions hold and the user was told the goal's facts.
@@ -198,12 +199,16 @@ def _progress(pack: EnvPack, scenario: Scenario, db: Database, diff: list[str], 
     seed_diff = state_diff(seed, expected, pack.policy.free_text_fields)
     conds = [c for c in scenario.goal.conditions if not evaluate(c, db=seed, policy=policy)]
     changes = [p for p in scenario.expected_changes if any(_under(d, p) for d in seed_diff)]
-    return {
+    items = {
         "conditions": [sum(evaluate(c, db=db, policy=policy) for c in conds), len(conds)],
         "changes": [sum(not any(_under(d, p) for d in diff) for p in changes), len(changes)],
         "facts": [sum(f.id in told for f in scenario.required_facts), len(scenario.required_facts)],
-        "actions": [sum(made), len(made)],
     }
+    # A required action (a lookup, a verification) obtains nothing for the user by itself: it counts only
+    # alongside something else earned, so random lookups that hit the right id score nothing.
+    alongside = any(earned for earned, _ in items.values())
+    items["actions"] = [sum(made) if alongside else 0, len(made)]
+    return items
 
 
 def progress_items(pack: EnvPack, scenario: Scenario) -> int:
