@@ -138,10 +138,12 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             dist.close()
     if is_main:
         from .training.report import plot_run
+        from .training.report_html import write_html_report
 
         plot = plot_run(summary["run_dir"])
-        console.print(f"done: {summary['steps']} steps; metrics {summary['run_dir']}/metrics.jsonl; plot {plot}",
-                      highlight=False)
+        page = write_html_report(summary["run_dir"])
+        console.print(f"done: {summary['steps']} steps; metrics {summary['run_dir']}/metrics.jsonl; plot {plot}; "
+                      f"report {page}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -159,10 +161,12 @@ def _resolve_config_env(config: Any) -> Any:
 
 def _report(args: argparse.Namespace, console: Console) -> int:
     from .training.report import plot_run, summary_table
+    from .training.report_html import write_html_report
 
     plot = plot_run(args.run_dir, out=args.out)
     console.print(summary_table(args.run_dir))
-    console.print(f"plot: {plot}", highlight=False)
+    page = write_html_report(args.run_dir, out=args.html)
+    console.print(f"plot: {plot}\nreport: {page}", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -272,9 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, default=None, help="overrides the config's max_steps")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.set_defaults(func=_train)
-    report = sub.add_parser("report", help="plot a run's reward and components over steps")
+    report = sub.add_parser("report", help="plot a run's reward and components over steps; write its HTML report")
     report.add_argument("run_dir", help="a run folder with metrics.jsonl")
     report.add_argument("--out", default=None, help="PNG path (default RUN_DIR/plot.png)")
+    report.add_argument("--html", default=None, metavar="PATH", help="the self-contained HTML page: curves, "
+                        "before/after, every evaluation transcript (default RUN_DIR/report.html)")
     report.set_defaults(func=_report)
     show = sub.add_parser("show", help="print transcripts (*.transcripts.jsonl written by eval --json and train)")
     show.add_argument("file", help="a transcripts file, e.g. RUN_DIR/eval_after.transcripts.jsonl")

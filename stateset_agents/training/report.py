@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import ConfigError
 
-__all__ = ["plot_run", "read_metrics", "summary_table"]
+__all__ = ["figure", "plot_run", "read_metrics", "summary_rows", "summary_table"]
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -52,7 +52,22 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
+    fig = figure(read_metrics(run_dir))
+    path = Path(out) if out is not None else Path(run_dir) / "plot.png"
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def figure(rows: list[dict[str, Any]]) -> Any:
+    """The matplotlib figure of :func:`plot_run` for these step records (the caller closes it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     comps = sorted({k for r in rows for k in r if k.startswith("components/")})
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]
@@ -89,21 +104,26 @@ def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None
     else:
         ax.text(0.5, 0.5, "no weight updates in this run", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    path = Path(out) if out is not None else Path(run_dir) / "plot.png"
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return fig
 
 
 def summary_table(run_dir: str | os.PathLike[str]) -> Table:
     """First and last step's values, and the mean of the first and last quarter, per logged number."""
     rows = read_metrics(run_dir)
-    q = max(1, len(rows) // 4)
+    header, body = summary_rows(rows)
     table = Table(title=f"{Path(run_dir).name}: {len(rows)} steps")
-    for col in ("metric", "step 1", f"mean first {q}", f"mean last {q}", f"step {rows[-1]['step']}"):
+    for col in header:
         table.add_column(col, justify="right" if col != "metric" else "left")
+    for r in body:
+        table.add_row(*r)
+    return table
+
+
+def summary_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of :func:`summary_table` as strings."""
+    q = max(1, len(rows) // 4)
+    header = ["metric", "step 1", f"mean first {q}", f"mean last {q}", f"step {rows[-1]['step']}"]
+    body = []
     keys = ["reward", "success_rate"] + sorted({k for r in rows for k in r if k.startswith("components/")}) + [
         "kl", "clip_fraction", "entropy", "grad_norm", "new_tokens_per_s", "time/total"]
     for k in keys:
@@ -115,6 +135,6 @@ def summary_table(run_dir: str | os.PathLike[str]) -> Table:
 
         def fmt(v: Any) -> str:
             return "-" if v is None else f"{v:.3f}"
-        table.add_row(k, fmt(rows[0].get(k)), fmt(sum(head) / len(head) if head else None),
-                      fmt(sum(tail) / len(tail) if tail else None), fmt(rows[-1].get(k)))
-    return table
+        body.append([k, fmt(rows[0].get(k)), fmt(sum(head) / len(head) if head else None),
+                     fmt(sum(tail) / len(tail) if tail else None), fmt(rows[-1].get(k))])
+    return header, body
