@@ -29,11 +29,9 @@ import asyncio
 import json
 import logging
 import math
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +42,15 @@ from ..models.base import SamplingParams
 from ..rewards.base import RewardFunction
 from ..rollout import rollout
 from ..types import TrajectoryGroup
+from .dist import DistContext
+from .evaluate import evaluate_run
 from .experience import OP_NAMES, ExperienceLibrary
+from .loop import RunLoop, Writer, step_seed
+from .scenarios import pick_scenarios, split_ids
 from .semantic_advantage import LearnerFailed, SemanticLearner, consolidate_by_embedding
 from .tf_config import LearnerEndpoint, TrainingFreeConfig
 
-__all__ = ["LearnerEndpoint", "TrainingFreeConfig", "TrainingFreeGRPO", "build_training_free"]
+__all__ = ["LearnerEndpoint", "TrainingFreeConfig", "TrainingFreeGRPO"]
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +99,13 @@ class TrainingFreeGRPO:
             concurrency=config.learner_concurrency)
         self.run_dir = Path(config.output_dir)
         self.step = 0
-        self.history: list[dict[str, Any]] = []
-        probe = env_factory()
-        try:
-            self.pack = probe.pack
-            train = [s.id for s in probe.pack.split(config.train_split)]
-            evals = [s.id for s in probe.pack.split(config.eval_split)]
-        finally:
-            probe.close()
-        self.scenarios = _pick(train, config.scenarios, "scenarios", config.train_split, self.pack.name)
-        self.eval_scenarios = _pick(evals, config.eval_scenarios, "eval_scenarios", config.eval_split,
-                                    self.pack.name)
-        if not self.eval_scenarios and (config.eval_before or config.eval_after):
+        self.dist = DistContext()
+        self.pack, train = split_ids(env_factory, config.train_split)
+        _, evals = split_ids(env_factory, config.eval_split)
+        self.scenarios = pick_scenarios(train, config.scenarios, "scenarios", config.train_split, self.pack.name)
+        self.eval_scenarios = pick_scenarios(evals, config.eval_scenarios, "eval_scenarios", config.eval_split,
+                                             self.pack.name)
+        if not self.eval_scenarios and (config.eval_before or config.eval_after or config.eval_every):
             raise ConfigError(f"split {config.eval_split!r} of pack {self.pack.name!r} has no scenarios to evaluate "
                               "on; set eval_split, or eval_before: false and eval_after: false")
         self.domain = config.domain or self.pack.domain
@@ -116,64 +113,22 @@ class TrainingFreeGRPO:
         self.batches_per_epoch = per_epoch
         self.total_steps = min(config.epochs * per_epoch, config.max_steps or config.epochs * per_epoch)
 
-    # ------------------------------------------------------------------ the run
-    def train(self, *, resume: bool = False) -> dict[str, Any]:
+    # ------------------------------------------------------------------ the run (training/loop.py)
+    name = "training_free"
+    logs = ("learner.jsonl",)
+
+    def train(self, *, resume: bool | str = False) -> dict[str, Any]:
         """Run to the last step (from the last checkpoint when ``resume``); return a summary."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.atrain(resume=resume))
-        raise ConfigError("TrainingFreeGRPO.train() was called inside a running event loop; await trainer.atrain()")
+        summary = RunLoop(self).run(resume=resume)
+        return {**summary, "library": self.library.report().model_dump()}
 
-    async def atrain(self, *, resume: bool = False) -> dict[str, Any]:
-        from .checkpoint import latest_checkpoint
-
-        cfg = self.config
-        if resume:
-            ckpt = latest_checkpoint(self.run_dir)
-            if ckpt is None:
-                raise ConfigError(f"--resume: no checkpoint in {str(self.run_dir / 'checkpoints')!r}; "
-                                  "start without --resume")
-            self.load_checkpoint(ckpt)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-        evals: dict[str, Any] = {}
-        if cfg.eval_before and self.step == 0:
-            evals["before"] = await self.evaluate("before")
-        with self._display() as live:
-            while self.step < self.total_steps:
-                metrics = await self.astep()
-                if live is not None:
-                    live.update(self._task, advance=1, info=_short(metrics))
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
-                    self.save_checkpoint()
-        self.save_checkpoint()
-        if cfg.eval_after:
-            evals["after"] = await self.evaluate("after")
-            before = self.run_dir / "eval_before.json"
-            if before.is_file():
-                from rich.console import Console
-
-                Console().print(eval_table(json.loads(before.read_text(encoding="utf-8")), evals["after"]))
-        return {"steps": self.step, "run_dir": str(self.run_dir), "last": self.history[-1] if self.history else {},
-                "evals": evals, "library": self.library.report().model_dump()}
-
-    def _display(self) -> Any:
-        if not self.config.progress:
-            self._task = None
-            return nullcontext(None)
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        progress = Progress(TextColumn("Training-Free GRPO"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.fields[info]}"))
-        self._task = progress.add_task("steps", total=self.total_steps, completed=self.step, info="")
-        return progress
+    async def atrain(self, *, resume: bool | str = False) -> dict[str, Any]:
+        summary = await RunLoop(self).arun(resume=resume)
+        return {**summary, "library": self.library.report().model_dump()}
 
     # ------------------------------------------------------------------ one step
     def batch(self, step: int) -> list[str]:
         """The scenarios of ``step`` (0-based): epoch ``step // batches_per_epoch`` in a seeded order."""
-        from .trainer import step_seed
-
         epoch, b = divmod(step, self.batches_per_epoch)
         order = np.random.default_rng(step_seed(self.config.seed, epoch, "epoch-order")).permutation(
             len(self.scenarios))
@@ -200,8 +155,6 @@ class TrainingFreeGRPO:
 
     async def astep(self) -> dict[str, Any]:
         """Roll out, score, learn from the groups whose rewards differ, update and save the library."""
-        from .trainer import step_seed
-
         cfg = self.config
         step = self.step
         t0 = time.perf_counter()
@@ -242,7 +195,6 @@ class TrainingFreeGRPO:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.library.save(self.run_dir / "experiences.json")
         t_save = time.perf_counter() - t0 - t_rollout - t_score - t_learner - t_apply
-        self.step += 1
 
         for p in proposals:
             if p.error:
@@ -255,13 +207,9 @@ class TrainingFreeGRPO:
         with open(self.run_dir / "learner.jsonl", "a", encoding="utf-8") as f:
             f.writelines(json.dumps(x) + "\n" for x in lines)
 
-        metrics = self._metrics(step, groups, kept, proposals, applied, dropped, consolidation_error, stats0, {
+        return self._metrics(step, groups, kept, proposals, applied, dropped, consolidation_error, stats0, {
             "rollout": t_rollout, "score": t_score, "learner": t_learner, "apply": t_apply, "save": t_save,
             "total": time.perf_counter() - t0})
-        self.history.append(metrics)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
-        return metrics
 
     def _metrics(self, step: int, groups: Sequence[TrajectoryGroup], kept: Sequence[Any], proposals: Sequence[Any],
                  applied: Sequence[Any], dropped: int, consolidation_error: str | None, stats0: dict[str, int],
@@ -269,7 +217,7 @@ class TrainingFreeGRPO:
         trajs = [t for g in groups for t in g.trajectories]
         rewards = [t.reward for t in trajs if t.reward is not None]
         m: dict[str, Any] = {
-            "step": step + 1, "epoch": step // self.batches_per_epoch + 1, "time": time.time(),
+            "epoch": step // self.batches_per_epoch + 1,
             "reward": statistics.fmean(rewards) if rewards else None,
             "reward_std": statistics.pstdev(rewards) if rewards else None,
             "success_rate": sum(bool(t.outcome and t.outcome.get("success")) for t in trajs) / len(trajs)
@@ -299,155 +247,32 @@ class TrainingFreeGRPO:
         m.update({f"time/{k}": v for k, v in times.items()})
         return m
 
-    # ------------------------------------------------------------------ evaluation
+    # ------------------------------------------------------------------ evaluation and checkpoints
     async def evaluate(self, tag: str) -> dict[str, Any]:
-        """Evaluate the agent with the current library on the eval scenarios, once per ``eval_seeds`` seed; write
-        ``eval/<tag>-seed<S>.json`` per seed and the summary ``eval_<tag>.json``; return the summary."""
-        from ..evaluation import aevaluate
-        from .checkpoint import write_json_atomic
+        """Evaluate the agent with the current library once per ``eval_seeds`` seed (see :mod:`.evaluate`)."""
+        return await evaluate_run(self.agent, self.env_factory, self.eval_scenarios, self.reward, self.config,
+                                  self.run_dir, tag, step=self.step, extra={"library_size": len(self.library)})
 
-        cfg = self.config
-        saved = self.agent.sampling
-        self.agent.sampling = SamplingParams(temperature=cfg.eval_temperature, max_new_tokens=cfg.max_new_tokens)
-        per_seed = []
-        try:
-            for seed in cfg.eval_seeds:
-                report = await aevaluate(self.agent, self.env_factory, self.eval_scenarios, k=cfg.eval_k,
-                                         reward=self.reward, seed=seed, concurrency=cfg.rollout_concurrency,
-                                         progress=False, domain=self.pack.name)
-                report.save(self.run_dir / "eval" / f"{tag}-seed{seed}.json")
-                o = report.overall
-                per_seed.append({"seed": seed, "success_rate": o.success_rate, "mean_reward": o.mean_reward,
-                                 "mean_outcome_score": o.mean_outcome_score, "errors": o.errors,
-                                 "trials": o.trials})
-        finally:
-            self.agent.sampling = saved
-        summary: dict[str, Any] = {"tag": tag, "step": self.step, "library_size": len(self.library),
-                                   "scenarios": len(self.eval_scenarios), "k": cfg.eval_k, "seeds": cfg.eval_seeds,
-                                   "per_seed": per_seed}
-        for key in ("success_rate", "mean_reward", "mean_outcome_score"):
-            summary[key] = spread([r[key] for r in per_seed])
-        write_json_atomic(self.run_dir / f"eval_{tag}.json", summary)
-        return summary
-
-    # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self) -> Path:
-        """``checkpoints/step-N``: the library, the step and the RNG states, written atomically."""
-        from safetensors.torch import save_file
-
-        from .checkpoint import rng_tensors, save_atomically
-
-        dest = self.run_dir / "checkpoints" / f"step-{self.step}"
-
-        def write(tmp: Path) -> None:
+    def checkpoint(self) -> Writer:
+        """``checkpoints/step-N`` holds the library and the learner's counters (the loop adds step and RNG)."""
+        def write(tmp: Path) -> dict[str, Any]:
             self.library.save(tmp / "experiences.json")
-            rt, rm = rng_tensors()
-            save_file(rt, str(tmp / "rng.safetensors"))
-            (tmp / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
-            state = {"step": self.step, "rng": rm, "learner_stats": self.learner.stats,
-                     "format": "stateset_agents.training_free", "version": 1}
-            (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+            return {"learner_stats": dict(self.learner.stats)}
+        return write
 
-        save_atomically(dest, write)
-        olds = sorted((p for p in dest.parent.iterdir() if p.is_dir() and p.name.startswith("step-")
-                       and p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
-        for p in olds[:-self.config.keep_checkpoints]:
-            shutil.rmtree(p, ignore_errors=True)
-        return dest
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore the library, step and RNG states; drop log lines of steps after the checkpoint."""
-        from safetensors.torch import load_file
-
-        from .checkpoint import restore_rng
-
-        path = Path(path)
-        state_file = path / "trainer_state.json"
-        if not state_file.is_file():
-            raise ConfigError(f"{str(path)!r} is not a checkpoint (no trainer_state.json)")
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-        if state.get("format") != "stateset_agents.training_free":
-            raise ConfigError(f"{str(path)!r} is a {state.get('format', 'GRPO')!r} checkpoint, not Training-Free "
-                              "GRPO's; resume with the config that wrote it")
+    def load_checkpoint_state(self, path: Path, state: dict[str, Any]) -> None:
         library = ExperienceLibrary.load(path / "experiences.json")
         library.use_embedder(self.library._embedder)
         self.library = library
         self.agent.experiences = library
-        restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])
         self.learner.stats.update(state.get("learner_stats", {}))
-        self.step = int(state["step"])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.library.save(self.run_dir / "experiences.json")
-        from .metrics_io import keep_rows_through_step
 
-        for name in ("metrics.jsonl", "learner.jsonl"):
-            keep_rows_through_step(self.run_dir / name, self.step)
-
-
-# ------------------------------------------------------------------ helpers
-def _pick(pool: list[str], wanted: list[str] | None, field: str, split: str, pack: str) -> list[str]:
-    if wanted is None:
-        return pool
-    unknown = [s for s in wanted if s not in pool]
-    if unknown:
-        raise ConfigError(f"{field} {unknown} are not in split {split!r} of pack {pack!r}; choose from {pool}")
-    return list(wanted)
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed run
-        if isinstance(row, dict) and row.get("step", 0) <= step:
-            keep.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-    tmp.replace(path)
-
-
-def spread(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean, sample standard deviation, min and max of the non-None values (std None with fewer than 2)."""
-    xs = [float(v) for v in values if v is not None]
-    return {"mean": statistics.fmean(xs) if xs else None, "std": statistics.stdev(xs) if len(xs) > 1 else None,
-            "min": min(xs) if xs else None, "max": max(xs) if xs else None, "n": len(xs)}
-
-
-def eval_table(before: dict[str, Any], after: dict[str, Any]) -> Any:
-    """Before/after table: mean ± std over seeds, and the mean paired difference."""
-    from rich.table import Table
-
-    t = Table(title=f"Training-Free GRPO: eval before vs after ({len(after['seeds'])} seeds, "
-                    f"{after['scenarios']} scenarios, library of {after['library_size']})")
-    for col in ("metric", "before", "after", "after - before (paired by seed)"):
-        t.add_column(col, justify="left" if col == "metric" else "right")
-
-    def fmt(s: dict[str, Any]) -> str:
-        if s["mean"] is None:
-            return "-"
-        return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s["std"] is not None else "")
-
-    for key in ("success_rate", "mean_reward", "mean_outcome_score"):
-        b = {r["seed"]: r[key] for r in before["per_seed"]}
-        diffs = [r[key] - b[r["seed"]] for r in after["per_seed"]
-                 if r[key] is not None and b.get(r["seed"]) is not None]
-        t.add_row(key, fmt(before[key]), fmt(after[key]), fmt(spread(diffs)))
-    return t
-
-
-def _short(m: dict[str, Any]) -> str:
-    def f(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
-    return (f"reward {f(m.get('reward'))}  success {f(m.get('success_rate'))}  kept {m.get('groups_kept')}/"
-            f"{m.get('groups')}  ops +{m.get('ops/ADD', 0)} ~{m.get('ops/MODIFY', 0)} -{m.get('ops/DELETE', 0)}  "
-            f"library {m.get('library_size')}  learner errors {m.get('learner_errors')}")
-
-
-def build_training_free(config: TrainingFreeConfig, *, embedder: Any = None) -> TrainingFreeGRPO:
-    """See :func:`.build.build_training_free` (kept here for existing imports)."""
-    from .build import build_training_free as build
-
-    return build(config, embedder=embedder)
+    @staticmethod
+    def short(m: dict[str, Any]) -> str:
+        def f(v: Any) -> str:
+            return "n/a" if v is None else f"{v:.3f}"
+        return (f"reward {f(m.get('reward'))}  success {f(m.get('success_rate'))}  kept {m.get('groups_kept')}/"
+                f"{m.get('groups')}  ops +{m.get('ops/ADD', 0)} ~{m.get('ops/MODIFY', 0)} -{m.get('ops/DELETE', 0)}"
+                f"  library {m.get('library_size')}  learner errors {m.get('learner_errors')}")

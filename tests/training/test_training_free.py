@@ -14,14 +14,13 @@ from stateset_agents.agents import MultiTurnAgent
 from stateset_agents.errors import ConfigError
 from stateset_agents.models.openai import OpenAIChatModel
 from stateset_agents.training import load_config
-from stateset_agents.training.build import make_env_factory
+from stateset_agents.training.build import build_training_free, make_env_factory
 from stateset_agents.training.experience import ExperienceLibrary, Operation, Provenance
 from stateset_agents.training.semantic_advantage import extract_json, resolve_conflicts
 from stateset_agents.training.training_free import (
     LearnerEndpoint,
     TrainingFreeConfig,
     TrainingFreeGRPO,
-    build_training_free,
 )
 
 from ..models.loopback_server import LoopbackServer
