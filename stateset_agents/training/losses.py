@@ -28,6 +28,7 @@ __all__ = [
     "gae",
     "group_advantages",
     "has_variance",
+    "importance_ratio",
     "k3_kl",
     "loss_weights",
     "reward_scale",
@@ -140,6 +141,26 @@ def entropy_from_hidden(hidden: torch.Tensor, weight: Head, temperature: float =
     return ent
 
 
+def importance_ratio(logp: torch.Tensor, old_logp: torch.Tensor, *, level: str = "token",
+                     seq_index: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-token importance ratio, unclipped: ``exp(logp - old_logp)`` (``level="token"``), or GSPO's
+    ``exp(mean over the sequence's tokens of (logp - old_logp))`` given to each of its tokens (``"sequence"``)."""
+    log_ratio = logp - old_logp
+    if level == "token":
+        return torch.exp(log_ratio)
+    if level != "sequence":
+        raise ValueError(f"level={level!r} is not 'token' or 'sequence'")
+    if seq_index is None:
+        raise ValueError("level='sequence' needs seq_index (the sequence of every token)")
+    n = int(seq_index.max().item()) + 1 if seq_index.numel() else 0
+    sums = torch.zeros(n, dtype=log_ratio.dtype, device=log_ratio.device).index_add(0, seq_index, log_ratio)
+    counts = torch.zeros(n, dtype=log_ratio.dtype, device=log_ratio.device).index_add(
+        0, seq_index, torch.ones_like(log_ratio))
+    seq_log_ratio = sums / counts.clamp(min=1)
+    # GSPO: one length-normalised ratio per sequence; its gradient reaches every token's log-prob equally.
+    return torch.exp(seq_log_ratio[seq_index])
+
+
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, *,
                       epsilon: float = 0.2, epsilon_high: float | None = None, level: str = "token",
                       seq_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,21 +173,7 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
     differs from the unclipped one (the gradient through it is zero).
     """
     eps_high = epsilon if epsilon_high is None else epsilon_high
-    log_ratio = logp - old_logp
-    if level == "token":
-        ratio = torch.exp(log_ratio)
-    elif level == "sequence":
-        if seq_index is None:
-            raise ValueError("level='sequence' needs seq_index (the sequence of every token)")
-        n = int(seq_index.max().item()) + 1 if seq_index.numel() else 0
-        sums = torch.zeros(n, dtype=log_ratio.dtype, device=log_ratio.device).index_add(0, seq_index, log_ratio)
-        counts = torch.zeros(n, dtype=log_ratio.dtype, device=log_ratio.device).index_add(
-            0, seq_index, torch.ones_like(log_ratio))
-        seq_log_ratio = sums / counts.clamp(min=1)
-        # GSPO: one length-normalised ratio per sequence; its gradient reaches every token's log-prob equally.
-        ratio = torch.exp(seq_log_ratio[seq_index])
-    else:
-        raise ValueError(f"level={level!r} is not 'token' or 'sequence'")
+    ratio = importance_ratio(logp, old_logp, level=level, seq_index=seq_index)
     unclipped = ratio * advantages
     clipped_ratio = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)
     clipped = clipped_ratio * advantages

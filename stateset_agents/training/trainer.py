@@ -58,6 +58,7 @@ from .losses import (
     gae,
     group_advantages,
     has_variance,
+    importance_ratio,
     k3_kl,
     loss_weights,
     reward_scale,
@@ -583,13 +584,17 @@ class GRPOTrainer:
         if n_mb == 0:  # nothing under the loss anywhere (e.g. every group had equal rewards): no update
             self.model.eval()
             return {"loss": None, "kl": None, "clip_fraction": None, "entropy": None, "mean_ratio": None,
+                    "ratio/mean": None, "ratio/min": None, "ratio/max": None, "ratio/outside_clip": None,
+                    "ratio/first_update_max_dev": None,
                     "grad_norm": None, "value_loss": None, "loss_tokens": 0, "optimizer_updates": 0,
                     "_time": time.perf_counter() - t0}
         if self.fsdp is not None:
             self.fsdp.shard()
         per_update = cfg.gradient_accumulation_steps or n_mb
         sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "tokens": 0.0, "weighted_ratio": 0.0,
-                "value_loss": 0.0, "value_rows": 0.0}
+                "value_loss": 0.0, "value_rows": 0.0, "ratio_outside": 0.0}
+        # raw (unclipped) ratio extremes; the first update's deviation from 1 checks engine vs trainer log-probs
+        ratio_min, ratio_max, first_dev = math.inf, -math.inf, 0.0
         grad_norms: list[float] = []
         updates = 0
         head_weight = None
@@ -627,7 +632,14 @@ class GRPOTrainer:
                     sums["clipped"] += float(clipped.float().sum())
                     sums["entropy"] += float(ent.sum()) if ent is not None else 0.0
                     sums["tokens"] += n
-                    sums["weighted_ratio"] += float(torch.exp(logp.detach() - b.old_logprobs).sum())
+                    ratio = importance_ratio(logp.detach(), b.old_logprobs, level=cfg.importance_sampling_level,
+                                             seq_index=b.rows)
+                    sums["weighted_ratio"] += float(ratio.sum())
+                    sums["ratio_outside"] += float(((ratio < 1 - cfg.epsilon) | (ratio > 1 + cfg.clip_high)).sum())
+                    if ratio.numel():
+                        ratio_min, ratio_max = min(ratio_min, float(ratio.min())), max(ratio_max, float(ratio.max()))
+                        if updates == 0:
+                            first_dev = max(first_dev, float((ratio - 1).abs().max()))
                 self.dist.all_reduce_gradients(self.params)
                 if self.value_head is not None:
                     self.dist.all_reduce_gradients(self.value_head.parameters())
@@ -645,7 +657,13 @@ class GRPOTrainer:
         totals = self.dist.all_reduce_sum(list(sums.values()))
         s = dict(zip(sums.keys(), totals, strict=True))
         tok = max(s["tokens"], 1.0)
+        if self.dist.distributed:
+            ends = self.dist.all_gather_object((ratio_min, ratio_max, first_dev))
+            ratio_min, ratio_max = min(e[0] for e in ends), max(e[1] for e in ends)
+            first_dev = max(e[2] for e in ends)
         return {
+            "ratio/mean": s["weighted_ratio"] / tok, "ratio/min": ratio_min, "ratio/max": ratio_max,
+            "ratio/outside_clip": s["ratio_outside"] / tok, "ratio/first_update_max_dev": first_dev,
             "loss": s["loss"] / max(cfg.num_iterations, 1),
             "kl": s["kl"] / tok if cfg.beta > 0 else None,
             "clip_fraction": s["clipped"] / tok,

@@ -156,3 +156,27 @@ def test_zero_variance_groups_keep_their_kl_term(tiny_model_path, tmp_path, use_
     assert m["loss_tokens"] > 0 and m["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
     trainer.config.beta = 0.0  # without a KL term, the skip only saves compute
     assert asyncio.run(trainer.astep())["loss_tokens"] == 0
+
+
+# ---------------------------------------------------------------- 5: the importance ratio on the first pass
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_importance_ratio_is_one_on_the_first_optimiser_pass(tiny_model_path, tmp_path, use_lora):
+    """The trainer's log-probs of the sampled tokens equal the engine's (the rollout's) before the first update of
+    every step, for LoRA and a full fine-tune, also after earlier steps changed the weights."""
+    trainer = make_trainer(tiny_model_path, tmp_path, CharCount(), max_steps=3, use_lora=use_lora,
+                           gradient_accumulation_steps=1, micro_batch_size=8)
+    for _ in range(3):
+        m = asyncio.run(trainer.astep())
+        assert m["optimizer_updates"] > 1 and m["loss_tokens"] > 0
+        assert m["ratio/first_update_max_dev"] < 1e-4, m["ratio/first_update_max_dev"]
+        # later updates of the same pass see weights the earlier ones changed: raw, unclipped statistics
+        assert m["ratio/min"] <= 1.0 + 1e-3 and m["ratio/max"] >= 1.0 - 1e-3 and m["ratio/min"] <= m["ratio/max"]
+        assert 0.0 <= m["ratio/outside_clip"] <= 1.0 and m["ratio/mean"] > 0
+
+
+def test_raw_ratio_statistics_are_taken_before_clipping(tiny_model_path, tmp_path):
+    trainer = make_trainer(tiny_model_path, tmp_path, CharCount(), max_steps=1, num_iterations=4,
+                           learning_rate=5e-2, gradient_accumulation_steps=1, micro_batch_size=8)
+    m = asyncio.run(trainer.astep())
+    assert m["ratio/outside_clip"] > 0
+    assert m["ratio/max"] > 1.2 or m["ratio/min"] < 0.8  # beyond the clip range [0.8, 1.2]: raw, not clipped
