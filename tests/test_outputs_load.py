@@ -2,6 +2,7 @@
 `peft.PeftModel.from_pretrained`, a full fine-tune checkpoint with `AutoModelForCausalLM.from_pretrained`, each
 giving the trained model's logits exactly (tiny model, one real GRPO step)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,9 @@ def test_lora_checkpoint_loads_with_peft(tiny_model_path, tmp_path):
 
     trainer, ckpt = _train(tiny_model_path, tmp_path, use_lora=True)
     assert (ckpt / "adapter_config.json").is_file() and (ckpt / "adapter_model.safetensors").is_file()
+    spec = json.loads((ckpt / "adapter_config.json").read_text())
+    # what vLLM needs to pair the adapter with its base: the folder the run trained from, and the rank
+    assert Path(spec["base_model_name_or_path"]).resolve() == Path(tiny_model_path).resolve() and spec["r"] == 8
     ids = torch.tensor([[1, 5, 9, 12, 40, 7]])
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
     base_logits = _logits(base, ids)
