@@ -33,7 +33,6 @@ import asyncio
 import math
 import numbers
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -44,7 +43,14 @@ from rich.table import Table
 
 from .errors import ConfigError, SyncInAsyncError
 from .rollout import rollout
-from .transcripts import Transcript, read_transcripts, transcript, transcripts_path, write_transcripts
+from .transcripts import (
+    Transcript,
+    read_transcripts,
+    transcript,
+    transcripts_path,
+    write_text_atomic,
+    write_transcripts,
+)
 from .types import RewardResult, TrajectoryGroup
 
 __all__ = [
@@ -293,16 +299,7 @@ class EvalReport(_Strict):
         path = Path(path)
         if self.transcripts:
             write_transcripts(transcripts_path(path), self.transcripts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EvalReport:

@@ -2,6 +2,7 @@
 components, seed), written next to the report, loadable with `datasets`, printed by `stateset-agents show`."""
 
 import json
+import os
 
 import pytest
 from rich.console import Console
@@ -61,6 +62,10 @@ async def test_report_keeps_every_episode_and_save_writes_them_next_to_the_json(
     side = transcripts_path(path)
     assert side == tmp_path / "eval_after.transcripts.jsonl"
     assert "transcripts" not in json.loads(path.read_text())  # the report JSON stays scores only
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in (path, side)} == {0o666 & ~umask}  # not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval_after.json", "eval_after.transcripts.jsonl"]
     recs = read_transcripts(side)
     assert [(r.scenario_id, r.trial) for r in recs] == [(SOLVED, 0), (SOLVED, 1), (QUIT, 0), (QUIT, 1)]
     assert [r.seed for r in recs] == [episode_seed(3, s, i) for s in (SOLVED, QUIT) for i in range(2)]

@@ -22,13 +22,12 @@ import json
 import os
 import re
 import statistics
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..evaluation import DomainSummary, EvalReport
-from ..transcripts import Transcript, read_transcripts
+from ..transcripts import Transcript, read_transcripts, write_text_atomic
 from .report import figure, read_metrics, summary_rows
 
 __all__ = ["build_html", "evaluation_reports", "write_html_report"]
@@ -270,14 +269,5 @@ def build_html(run_dir: str | os.PathLike[str]) -> str:
 
 def write_html_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
     """Write :func:`build_html` atomically to ``out`` (default ``RUN_DIR/report.html``); return its path."""
-    text = build_html(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / "report.html"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, build_html(run_dir))
