@@ -45,7 +45,10 @@ class Transcript(BaseModel):
 
     version: int = VERSION
     tag: str | None = None
-    """Which run produced it: ``before``/``after`` for evaluations written by a trainer, ``step-N`` for training."""
+    """Which run produced it, when the writer says (e.g. ``train`` for a training run's rollouts)."""
+    step: int | None = None
+    """The training step of a rollout (as in ``metrics.jsonl``, so a resume can cut the file back); None for
+    evaluations."""
     domain: str | None = None
     scenario_id: str
     trial: int | None = None
@@ -100,13 +103,13 @@ def _number(v: Any) -> float | None:
 
 
 def transcript(t: Trajectory, *, result: RewardResult | None = None, domain: str | None = None,
-               trial: int | None = None, tag: str | None = None) -> Transcript:
+               trial: int | None = None, tag: str | None = None, step: int | None = None) -> Transcript:
     """The record of one trajectory; ``result`` is its reward (default: what the trajectory carries)."""
     error = t.error if t.error is not None or t.outcome is not None else "the episode ended without an outcome"
     o = t.outcome or {}
     ok = error is None
     return Transcript(
-        tag=tag, domain=domain, scenario_id=t.scenario_id, trial=trial, seed=t.seed, env_id=t.env_id,
+        tag=tag, step=step, domain=domain, scenario_id=t.scenario_id, trial=trial, seed=t.seed, env_id=t.env_id,
         messages=[_message(m) for m in t.messages], success=ok and bool(o.get("success")),
         score=_number(o.get("score")) if ok else None, progress=_number(o.get("progress")),
         goal_reached=o.get("goal_reached") if ok else None, ended_by=o.get("ended_by"),
@@ -120,7 +123,8 @@ def transcript(t: Trajectory, *, result: RewardResult | None = None, domain: str
 
 def transcripts_from_groups(groups: Iterable[TrajectoryGroup | Trajectory], *,
                             rewards: Sequence[Sequence[RewardResult | None]] | None = None,
-                            domain: str | None = None, tag: str | None = None) -> list[Transcript]:
+                            domain: str | None = None, tag: str | None = None,
+                            step: int | None = None) -> list[Transcript]:
     """Records of groups (trial = index in the group) or plain trajectories; ``rewards[i][j]`` scores trial j
     of group i (default: the reward the trajectories carry)."""
     out = []
@@ -129,7 +133,7 @@ def transcripts_from_groups(groups: Iterable[TrajectoryGroup | Trajectory], *,
         for j, t in enumerate(trajs):
             r = rewards[i][j] if rewards is not None else None
             out.append(transcript(t, result=r, domain=domain, trial=j if isinstance(g, TrajectoryGroup) else None,
-                                  tag=tag))
+                                  tag=tag, step=step))
     return out
 
 
@@ -173,8 +177,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 def append_transcripts(path: str | os.PathLike[str],
                        records: Iterable[Transcript | Trajectory | TrajectoryGroup], **kwargs: Any) -> Path:
-    """Append records to a JSONL file in one write (a training run calls this once per step). A line torn by a
-    kill is skipped by :func:`read_transcripts`. Component names are unified within each call only."""
+    """Append records to a JSONL file in one write (a training run calls this once per step, with ``step=``).
+    A line torn by a kill is skipped by :func:`read_transcripts`. Component names are unified within each call
+    only."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = _lines(_as_records(records, kwargs))

@@ -7,7 +7,7 @@ import os
 import pytest
 from rich.console import Console
 
-from stateset_agents import Completion, ConversationEnv, MultiTurnAgent
+from stateset_agents import Completion, ConversationEnv, MultiTurnAgent, Trajectory, TrajectoryGroup
 from stateset_agents.cli import main
 from stateset_agents.envs import load_pack
 from stateset_agents.envs.reference import reference_actions
@@ -117,7 +117,12 @@ async def test_component_names_unified_within_a_file_and_append_adds_lines(tmp_p
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows[0]["reward_components"].keys() == rows[1]["reward_components"].keys()
     assert rows[1]["reward_components"]["outcome"] is None and rows[0]["reward_components"]["judge"] is None
-    append_transcripts(path, [a])
+    groups = [TrajectoryGroup(scenario_id="s", trajectories=[Trajectory(scenario_id="s", seed=1, reward=0.5,
+                                                                         components={"outcome": 0.0})])]
+    append_transcripts(path, groups, tag="train", step=3)  # what a trainer does after scoring a step
+    last = read_transcripts(path)[-1]
+    assert (last.step, last.tag, last.trial, last.reward, last.success) == (3, "train", 0, 0.5, False)
+    assert last.error == "the episode ended without an outcome"
     with open(path, "a") as f:
         f.write('{"version": 1, "scenario_id": "x", "mess')  # a kill mid-write
     assert len(read_transcripts(path)) == 3
