@@ -27,21 +27,14 @@ most ``prompt_top_k``; otherwise the top-k by embedding similarity (all-MiniLM-L
 messages of the conversation. Embeddings are cached per text, so retrieval costs one query embedding and one
 matrix product.
 
-**Storage.** :meth:`~ExperienceLibrary.save` goes through fsspec: a local path (the default) is written to a temp
-file in the same folder, fsynced and renamed over the old file, so a crash leaves the previous library intact;
-other URLs (``memory://``, ``s3://`` ...) are written to a temporary object and moved into place.
+**Storage.** :meth:`~ExperienceLibrary.save` writes atomically through fsspec (see :mod:`.experience_store`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -49,118 +42,28 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ..errors import ConfigError
 from ..types import Message
+from .experience_records import (
+    MAX_PROVENANCE,
+    OP_NAMES,
+    AppliedOp,
+    Experience,
+    LibraryReport,
+    Operation,
+    Provenance,
+    StepRecord,
+    confirm,
+    confirmed,
+    id_num,
+    in_domain,
+    library_table,
+    query_text,
+    word_count,
+)
+from .experience_store import read_library_json, write_text_atomic
 
-__all__ = [
-    "AppliedOp",
-    "Experience",
-    "ExperienceLibrary",
-    "LibraryReport",
-    "Operation",
-    "Provenance",
-    "StepRecord",
-    "confirm",
-    "word_count",
-]
-
+__all__ = ["OP_NAMES", "AppliedOp", "Experience", "ExperienceLibrary", "LibraryReport", "Operation", "Provenance",
+           "StepRecord", "confirm", "word_count"]
 FORMAT = "stateset_agents.experience_library"
-MAX_PROVENANCE = 50
-"""Provenance entries kept per experience (the most recent); ``confirmations`` still counts all of them."""
-
-
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
-def confirm(confidence: float, strength: float) -> float:
-    """One more confirmation of strength ``a`` in [0, 1]: ``1 - (1 - c) * (1 - a / 2)``."""
-    return 1.0 - (1.0 - confidence) * (1.0 - min(max(strength, 0.0), 1.0) / 2.0)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Provenance(_Strict):
-    """Where a piece of evidence came from."""
-
-    scenario_id: str
-    """The scenario whose group comparison produced it (``manual`` for a user's own entry)."""
-    step: int
-    """The training step (1-based) it was applied in."""
-    advantage: float = Field(ge=0, le=1)
-    """Its strength ``a``: the group's reward spread / advantage_scale, capped at 1."""
-
-
-class Experience(_Strict):
-    """One lesson."""
-
-    id: str
-    """``E<n>``, never reused within a library's history."""
-    text: str
-    """At most the library's ``word_limit`` words."""
-    domain: str
-    """Domain tag (e.g. customer_service); ``general`` applies to every domain."""
-    confidence: float = Field(ge=0, le=1)
-    """``1 - prod_j (1 - a_j / 2)`` over its confirmations (see the module docs)."""
-    confirmations: int = Field(ge=1)
-    """How many pieces of evidence confirmed it (proposals, merges, keeps, modifications)."""
-    provenance: list[Provenance] = Field(default_factory=list)
-    """The most recent ``MAX_PROVENANCE`` pieces of evidence."""
-    created_step: int = 0
-    updated_step: int = 0
-
-
-class Operation(_Strict):
-    """An operation to apply (what the trainer hands to :meth:`ExperienceLibrary.apply`)."""
-
-    op: Literal["ADD", "MODIFY", "DELETE", "KEEP"]
-    id: str | None = None
-    """The target experience (MODIFY, DELETE, KEEP)."""
-    text: str | None = None
-    """The lesson (ADD, MODIFY)."""
-    domain: str | None = None
-    """Domain tag of an ADD (default ``general``)."""
-    provenance: list[Provenance] = Field(default_factory=list)
-    """The evidence; each entry is one confirmation of strength ``advantage``."""
-    reason: str = ""
-
-
-class AppliedOp(_Strict):
-    """What an operation did: the experience before and after (None when it did not exist / was removed)."""
-
-    op: Literal["ADD", "MODIFY", "DELETE", "KEEP", "MERGE", "EVICT"]
-    id: str
-    before: Experience | None = None
-    after: Experience | None = None
-    reason: str = ""
-
-
-class StepRecord(_Strict):
-    step: int
-    time: float
-    ops: list[AppliedOp] = Field(default_factory=list)
-    size: int = 0
-    """Library size at the end of the step."""
-
-
-class LibraryReport(_Strict):
-    """Quality report (see :meth:`ExperienceLibrary.report`)."""
-
-    size: int
-    max_size: int
-    mean_confidence: float | None
-    domains: dict[str, int]
-    """Experiences per domain tag (coverage)."""
-    dedup_ratio: float | None
-    """MERGE / (ADD + MERGE) over the history: the share of proposed lessons that were near-duplicates."""
-    steps: int
-    ops_total: dict[str, int]
-    ops_per_step: list[dict[str, int]]
-    """Per step: ``{"step": n, "ADD": .., "MODIFY": .., "DELETE": .., "KEEP": .., "MERGE": .., "EVICT": ..}``."""
-
-
-OP_NAMES = ("ADD", "MODIFY", "DELETE", "KEEP", "MERGE", "EVICT")
-
 
 class ExperienceLibrary(BaseModel):
     """The experience library (see the module docs). Change it only through its methods.
@@ -262,7 +165,7 @@ class ExperienceLibrary(BaseModel):
 
     def similar(self, query: str, k: int, *, domain: str | None = None) -> list[tuple[Experience, float]]:
         """The ``k`` experiences most similar to ``query`` (of ``domain`` or ``general`` when given)."""
-        pool = [i for i, e in enumerate(self.experiences) if _in_domain(e, domain)]
+        pool = [i for i, e in enumerate(self.experiences) if in_domain(e, domain)]
         if not pool or k <= 0:
             return []
         matrix = self._all_vectors()
@@ -287,14 +190,14 @@ class ExperienceLibrary(BaseModel):
                domain: str | None = None) -> list[Experience]:
         """The experiences :meth:`to_prompt` shows (highest confidence first)."""
         k = k or self.prompt_top_k
-        pool = [e for e in self.experiences if _in_domain(e, domain)]
+        pool = [e for e in self.experiences if in_domain(e, domain)]
         if len(pool) > k:
-            query = _query_text(conversation)
+            query = query_text(conversation)
             if query:
                 pool = [e for e, _ in self.similar(query, k, domain=domain)]
             else:  # nothing to compare with yet: the most confident
-                pool = sorted(pool, key=lambda e: (-e.confidence, _id_num(e.id)))[:k]
-        return sorted(pool, key=lambda e: (-e.confidence, _id_num(e.id)))
+                pool = sorted(pool, key=lambda e: (-e.confidence, id_num(e.id)))[:k]
+        return sorted(pool, key=lambda e: (-e.confidence, id_num(e.id)))
 
     def to_prompt(self, conversation: Sequence[Message] | str | None = None, *, k: int | None = None,
                   domain: str | None = None) -> str:
@@ -322,7 +225,7 @@ class ExperienceLibrary(BaseModel):
         if near is not None and near[1] >= self.dedup_threshold:
             target, sim = near
             i = self._index(target.id)
-            after = _confirmed(target, strengths, prov, step)
+            after = confirmed(target, strengths, prov, step)
             self.experiences[i] = after
             return [self._record(step, AppliedOp(op="MERGE", id=target.id, before=target, after=after,
                                                  reason=f"near-duplicate (similarity {sim:.2f}): {text}"
@@ -348,7 +251,7 @@ class ExperienceLibrary(BaseModel):
         i = self._index(exp_id)
         before = self.experiences[i]
         prov = list(provenance)
-        after = _confirmed(before, [p.advantage for p in prov] or [1.0], prov, step).model_copy(update={"text": text})
+        after = confirmed(before, [p.advantage for p in prov] or [1.0], prov, step).model_copy(update={"text": text})
         self.experiences[i] = after
         return self._record(step, AppliedOp(op="MODIFY", id=exp_id, before=before, after=after, reason=reason))
 
@@ -358,7 +261,7 @@ class ExperienceLibrary(BaseModel):
         i = self._index(exp_id)
         before = self.experiences[i]
         prov = list(provenance)
-        after = _confirmed(before, [p.advantage for p in prov] or [1.0], prov, step)
+        after = confirmed(before, [p.advantage for p in prov] or [1.0], prov, step)
         self.experiences[i] = after
         return self._record(step, AppliedOp(op="KEEP", id=exp_id, before=before, after=after, reason=reason))
 
@@ -404,7 +307,7 @@ class ExperienceLibrary(BaseModel):
     def _evict(self, step: int) -> AppliedOp:
         fresh = {op.id for r in self.history if r.step == step for op in r.ops}
         pool = [e for e in self.experiences if e.id not in fresh] or list(self.experiences)
-        victim = min(pool, key=lambda e: (e.confidence, e.updated_step, _id_num(e.id)))
+        victim = min(pool, key=lambda e: (e.confidence, e.updated_step, id_num(e.id)))
         self.experiences.remove(victim)
         return self._record(step, AppliedOp(
             op="EVICT", id=victim.id, before=victim,
@@ -444,7 +347,7 @@ class ExperienceLibrary(BaseModel):
         records = [r for r in self.history if r.step <= step]
         for r in records:
             for op in r.ops:
-                max_id = max(max_id, _id_num(op.id))
+                max_id = max(max_id, id_num(op.id))
                 if op.after is None:
                     state.pop(op.id, None)
                 else:
@@ -479,41 +382,18 @@ class ExperienceLibrary(BaseModel):
 
     def table(self) -> Any:
         """A rich table of the experiences (id, domain, confidence, confirmations, text)."""
-        from rich.table import Table
-
-        t = Table(title=f"experience library: {len(self)} / {self.max_size} (step {self.step})")
-        for col in ("id", "domain", "confidence", "seen", "text"):
-            t.add_column(col, justify="right" if col in ("confidence", "seen") else "left")
-        for e in sorted(self.experiences, key=lambda e: (-e.confidence, _id_num(e.id))):
-            t.add_row(e.id, e.domain, f"{e.confidence:.2f}", str(e.confirmations), e.text)
-        return t
+        return library_table(self.experiences, f"experience library: {len(self)} / {self.max_size} (step {self.step})")
 
     # ------------------------------------------------------------ files
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write the library (with its history) as JSON atomically; ``path`` is a local path or an fsspec URL."""
-        return _write_atomic(str(path), self.model_dump_json(indent=1))
+        return write_text_atomic(str(path), self.model_dump_json(indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, embedder: Any = None) -> ExperienceLibrary:
         """Read a library written by :meth:`save` (a local path or an fsspec URL)."""
-        import fsspec
-
         url = str(path)
-        try:
-            with fsspec.open(url, "r", encoding="utf-8") as f:
-                text = f.read()
-        except FileNotFoundError as e:
-            raise ConfigError(f"no experience library at {url!r}; pass the experiences.json of a Training-Free GRPO "
-                              "run (RUN_DIR/experiences.json)") from e
-        except (OSError, ValueError, ImportError) as e:
-            raise ConfigError(f"cannot read experience library {url!r}: {e}") from e
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{url!r} is not valid JSON ({e}); it is not an experience library") from e
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ConfigError(f"{url!r} is not an experience library (expected \"format\": {FORMAT!r}); pass the "
-                              "experiences.json written by Training-Free GRPO")
+        data = read_library_json(url, FORMAT)
         try:
             lib = cls.model_validate(data)
         except ValidationError as e:
@@ -522,67 +402,3 @@ class ExperienceLibrary(BaseModel):
         if embedder is not None:
             lib.use_embedder(embedder)
         return lib
-
-
-# ------------------------------------------------------------ helpers
-def _id_num(exp_id: str) -> int:
-    try:
-        return int(exp_id.lstrip("E"))
-    except ValueError:
-        return 0
-
-
-def _in_domain(e: Experience, domain: str | None) -> bool:
-    return domain is None or e.domain in (domain, "general")
-
-
-def _confirmed(e: Experience, strengths: Sequence[float], prov: Sequence[Provenance], step: int) -> Experience:
-    c = e.confidence
-    for a in strengths:
-        c = confirm(c, a)
-    return e.model_copy(update={"confidence": c, "confirmations": e.confirmations + len(strengths),
-                                "provenance": (list(e.provenance) + list(prov))[-MAX_PROVENANCE:],
-                                "updated_step": step})
-
-
-def _query_text(conversation: Sequence[Message] | str | None, max_messages: int = 4, max_chars: int = 1000) -> str:
-    if conversation is None:
-        return ""
-    if isinstance(conversation, str):
-        return conversation[-max_chars:]
-    msgs = [m.content for m in conversation if m.role != "system" and m.content.strip()]
-    return "\n".join(msgs[-max_messages:])[-max_chars:]
-
-
-def _write_atomic(url: str, text: str) -> str:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return str(p)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp" if parent else f".{path}.{uuid.uuid4().hex}.tmp"
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    try:
-        with fs.open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        fs.mv(tmp, path)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            fs.rm(tmp)
-        raise
-    return url

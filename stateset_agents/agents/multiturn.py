@@ -31,7 +31,7 @@ from ..models.base import ChatModel, SamplingParams
 from ..types import Completion, Message
 
 if TYPE_CHECKING:
-    from ..training.experience import ExperienceLibrary
+    from .experience import ExperienceLibrary
 
 __all__ = ["MultiTurnAgent", "strategies"]
 

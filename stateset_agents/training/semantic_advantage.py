@@ -35,9 +35,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..agents.experience import ExperienceLibrary, Operation, Provenance, word_count
 from ..models.base import SamplingParams
 from ..types import Message, Trajectory, TrajectoryGroup
-from .experience import ExperienceLibrary, Operation, Provenance, word_count
 
 __all__ = [
     "GroupProposal",

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..agents.experience import OP_NAMES, ExperienceLibrary
 from ..errors import ConfigError, TrainingError
 from ..models.base import SamplingParams
 from ..rewards.base import RewardFunction
@@ -44,7 +45,6 @@ from ..rollout import rollout
 from ..types import TrajectoryGroup
 from .dist import DistContext
 from .evaluate import evaluate_run
-from .experience import OP_NAMES, ExperienceLibrary
 from .loop import RunLoop, Writer, step_seed
 from .scenarios import pick_scenarios, split_ids
 from .semantic_advantage import LearnerFailed, SemanticLearner, consolidate_by_embedding

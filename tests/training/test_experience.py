@@ -12,8 +12,8 @@ import time
 import pytest
 
 from stateset_agents.agents import MultiTurnAgent
+from stateset_agents.agents.experience import ExperienceLibrary, Operation, Provenance, confirm
 from stateset_agents.errors import ConfigError
-from stateset_agents.training.experience import ExperienceLibrary, Operation, Provenance, confirm
 from stateset_agents.types import Completion, Message
 
 from .tf_fakes import BagOfWords
@@ -236,7 +236,7 @@ def test_crash_during_save_leaves_the_previous_library(tmp_path, monkeypatch):
 
 _WRITER = """
 import sys
-from stateset_agents.training.experience import ExperienceLibrary
+from stateset_agents.agents.experience import ExperienceLibrary
 lib = ExperienceLibrary(max_size=5000, word_limit=40)
 lib.experiences = []
 big = ExperienceLibrary.model_validate({"max_size": 5000, "experiences": [

@@ -11,11 +11,11 @@ import pytest
 from rich.console import Console
 
 from stateset_agents.agents import MultiTurnAgent
+from stateset_agents.agents.experience import ExperienceLibrary, Operation, Provenance
 from stateset_agents.errors import ConfigError
 from stateset_agents.models.openai import OpenAIChatModel
 from stateset_agents.training import load_config
 from stateset_agents.training.build import build_training_free, make_env_factory
-from stateset_agents.training.experience import ExperienceLibrary, Operation, Provenance
 from stateset_agents.training.semantic_advantage import extract_json, resolve_conflicts
 from stateset_agents.training.training_free import (
     LearnerEndpoint,
