@@ -6,7 +6,7 @@
     stateset-agents chat --env ID [--scenario ID] [--model PATH|URL] [--as agent|user]
                                               play one episode and print it
     stateset-agents demo                      play one scripted conversation per domain
-    stateset-agents train CONFIG [--resume]   train with GRPO or Training-Free GRPO (the config's `algorithm`)
+    stateset-agents train CONFIG [--resume]   train with SFT, GRPO or Training-Free GRPO (its `algorithm`)
     stateset-agents report RUN_DIR            plot a run's reward components over steps (RUN_DIR/plot.png) and write
                                               RUN_DIR/report.html (curves, before/after, every eval transcript)
     stateset-agents show FILE [--scenario ID] [--failed] [--diff OTHER]
@@ -71,8 +71,10 @@ def _envs_validate(args: argparse.Namespace, console: Console) -> int:
 def _envs_audit(args: argparse.Namespace, console: Console, pack: object = None) -> int:
     from .envs.audit import audit_pack
     from .envs.audit_report import print_audit, save_audit
+    from .resolve import resolve_env
 
-    report = audit_pack(pack if pack is not None else args.pack, split=args.split, seeds=tuple(args.seeds))
+    pack = pack if pack is not None else resolve_env(args.pack)[0]
+    report = audit_pack(pack, split=args.split, seeds=tuple(args.seeds))
     print_audit(report, console)
     if args.json:
         console.print(f"audit: {save_audit(report, args.json)}", highlight=False)
@@ -119,7 +121,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     is_main = getattr(getattr(trainer, "dist", None), "is_main", True)
     resume: bool | str = args.resume
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-    if restarts and config.algorithm == "grpo" and not resume:
+    if restarts and not resume:  # every algorithm resumes under the run loop
         # torchrun --max-restarts brought the job back after a failure: continue from the last checkpoint.
         resume = "auto"
     if is_main:
@@ -270,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="play one scripted conversation per domain")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
-    train = sub.add_parser("train", help="train from a YAML config (GRPO or Training-Free GRPO)")
+    train = sub.add_parser("train", help="train from a YAML config (SFT, GRPO or Training-Free GRPO)")
     train.add_argument("config", help="YAML config (see examples/customer_service.yaml)")
     train.add_argument("--output-dir", default=None, help="run folder (overrides the config's output_dir)")
     train.add_argument("--max-steps", type=int, default=None, help="overrides the config's max_steps")

@@ -34,6 +34,11 @@ CASES = [
     ("envs validate", ["envs", "validate", "{d}/missing"], "'{d}/missing' does not exist", "pass an existing pack"),
     ("envs validate", ["envs", "validate", "{d}/pack"], "{d}/pack/pack.yaml: field", "fix the pack"),
     ("envs validate", ["envs", "validate", "{d}/nopack"], "'{d}/nopack' has no pack.yaml", "pass a pack folder"),
+    # envs audit
+    ("envs audit", ["envs", "audit", "stateset/Sales-v9"], "unknown environment 'stateset/Sales-v9'",
+     "Did you mean 'stateset/Sales-v0'"),
+    ("envs audit", ["envs", "audit", "{d}/missing"], "'{d}/missing' does not exist", "pass an existing pack"),
+    ("envs audit", ["envs", "audit", "{d}/pack"], "{d}/pack/pack.yaml: field", "fix the pack"),
     # chat
     ("chat", ["chat", "--env", "stateset/CustomerSrvice-v0", "--as", "agent"],
      "unknown environment 'stateset/CustomerSrvice-v0'", "Did you mean 'stateset/CustomerService-v0'"),
