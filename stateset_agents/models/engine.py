@@ -54,6 +54,7 @@ from transformers.cache_utils import DynamicLayer
 
 from ._compat import cache_kwarg, logits_kwarg
 from .base import SamplingParams
+from .fast_decode import DecodeWeights, unsupported_reason
 from .grammar import GrammarCompiler, JsonConstraint
 
 __all__ = ["EngineStats", "GenerationEngine", "GenerationResult"]
@@ -78,6 +79,11 @@ class EngineStats:
     prefix_builds: int = 0
     prefix_hits: int = 0
     prefix_tokens_reused: int = 0
+    decode_path: str = ""
+    """Which forward runs decode steps: ``fast-native`` / ``fast-int8`` (models/fast_decode.py) or
+    ``transformers`` (with the reason the fast path does not apply)."""
+    decode_snapshots: int = 0
+    """How many times the fast path's weight snapshot was (re)built."""
 
 
 @dataclass
@@ -110,11 +116,15 @@ class GenerationEngine:
         admit_window: when idle, how long (seconds) to keep collecting a burst of arriving requests before the
             first prefill; a burst stops early as soon as no new request arrived for 2 ms.
         min_prefix_tokens: shortest shared prefix worth caching (see "Prefix cache"); 0 turns the cache off.
+        fast_decode: decode with a snapshot of the effective weights (models/fast_decode.py) where the model
+            supports it; False always uses the transformers forward.
+        precision: the fast path's weights, ``native`` (the model's dtype) or ``int8`` (CPU; the sampling policy
+            then differs from the model's own forward: see training/mismatch.py).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32,
                  eos_token_ids: list[int] | None = None, admit_window: float = 0.02,
-                 min_prefix_tokens: int = 64) -> None:
+                 min_prefix_tokens: int = 64, fast_decode: bool = True, precision: str = "native") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -138,6 +148,20 @@ class GenerationEngine:
         self._last_prompt: list[int] = []
         self._clear_prefix = threading.Event()
         self._grammars: GrammarCompiler | None = None
+        if precision not in ("native", "int8"):
+            raise ValueError(f"precision {precision!r} is not one of 'native', 'int8'")
+        if precision == "int8" and not fast_decode:
+            raise ValueError("precision 'int8' needs fast_decode=True (the int8 weights live in its snapshot)")
+        self.precision = precision
+        reason = unsupported_reason(model) if fast_decode else "fast_decode=False"
+        if reason and precision == "int8":
+            raise ValueError(f"precision 'int8' needs the fast decode path, which this model lacks: {reason}")
+        self._fast_reason = reason
+        self._fast: DecodeWeights | None = None
+        self._fast_model = model
+        self._fast_fingerprint: torch.Tensor | None = None
+        self._weights_changed = threading.Event()
+        self.stats.decode_path = f"transformers ({reason})" if reason else f"fast-{precision}"
 
     # ------------------------------------------------------------------ public
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams, *,
@@ -177,8 +201,10 @@ class GenerationEngine:
         return len(self._waiting)
 
     def clear_prefix_cache(self) -> None:
-        """Forget the cached prefix (call after changing the weights); takes effect at the next admission."""
+        """Forget the cached prefix and the fast path's weight snapshot (call after changing the weights);
+        takes effect at the next admission."""
         self._clear_prefix.set()
+        self._weights_changed.set()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -228,6 +254,7 @@ class GenerationEngine:
         if not new:
             return
         self.stats.prefills += 1
+        self._refresh_snapshot()
         prefix = self._shared_prefix(new)
         p = len(prefix.ids) if prefix is not None else 0
         width = max(len(r.prompt_ids) - p for r in new)
@@ -253,6 +280,27 @@ class GenerationEngine:
         self._merge(new, cache, mask)  # the model filled `cache` in place
         self._admitting = []
         self._sample_and_finish(new, logits)
+
+    def _refresh_snapshot(self) -> None:
+        """(Re)build the fast path's weight snapshot when the weights changed since it was taken."""
+        if self._fast_model is not self.model:  # a different model object was put in (tests, hot swaps)
+            self._fast_model, self._fast = self.model, None
+            self._fast_reason = unsupported_reason(self.model) if self._fast_reason != "fast_decode=False" \
+                else self._fast_reason
+            self.stats.decode_path = (f"transformers ({self._fast_reason})" if self._fast_reason
+                                      else f"fast-{self.precision}")
+        if self._fast_reason:
+            self._fast = None
+            return
+        stale = self._fast is None or self._weights_changed.is_set()
+        if not stale:
+            stale = not torch.equal(self._fast_fingerprint, _fingerprint(self.model))
+        if stale:
+            self._weights_changed.clear()
+            self._fast = None  # free the old copy before building the new one
+            self._fast = DecodeWeights(self.model, self.precision)
+            self._fast_fingerprint = _fingerprint(self.model)
+            self.stats.decode_snapshots += 1
 
     def _shared_prefix(self, new: list[_Request]) -> _Prefix | None:
         """The cached prefix every new prompt extends, built anew when the prompts share a longer one with the
@@ -305,6 +353,11 @@ class GenerationEngine:
             r.pos += 1
         self._mask = torch.cat([self._mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
         t = self._mask.shape[1]
+        if self._fast is not None:
+            logits = self._fast.step(last.to(self.device), pos.to(self.device), self._cache,
+                                     self._mask.to(self.device))
+            self._sample_and_finish(list(self._active), logits.float())
+            return
         out = self.model(input_ids=last.to(self.device), attention_mask=self._mask.to(self.device),
                          position_ids=pos.to(self.device), use_cache=True, **cache_kwarg(self.model, self._cache),
                          cache_position=torch.tensor([t - 1], device=self.device))
