@@ -190,3 +190,22 @@ def test_init_from_merges_an_sft_adapter_for_grpo(tiny_model_path, tmp_path):
         build_trainer(grpo.model_copy(update={"model": "default"}))
     with pytest.raises(ConfigError, match="init_from .* is not a folder"):
         build_trainer(grpo.model_copy(update={"init_from": str(tmp_path / "missing")}))
+
+
+def test_cli_trains_sft_and_names_bad_fields(tiny_model_path, tmp_path, capsys):
+    import yaml
+
+    from stateset_agents.cli import main
+
+    cfg = sft_config(tiny_model_path, tmp_path, max_steps=2).model_dump(mode="json")
+    f = tmp_path / "sft.yaml"
+    f.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["train", str(f)]) == 0
+    assert "training sft on" in capsys.readouterr().out
+    rows = (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in rows] == [1, 2]
+    cfg["demonstrations"] = {"from": "jsonl"}
+    f.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["train", str(f)]) == 2
+    out = capsys.readouterr().out
+    assert "demonstrations from jsonl need `path`" in out and "Traceback" not in out
