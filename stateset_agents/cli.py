@@ -71,8 +71,10 @@ def _envs_validate(args: argparse.Namespace, console: Console) -> int:
 def _envs_audit(args: argparse.Namespace, console: Console, pack: object = None) -> int:
     from .envs.audit import audit_pack
     from .envs.audit_report import print_audit, save_audit
+    from .resolve import resolve_env
 
-    report = audit_pack(pack if pack is not None else args.pack, split=args.split, seeds=tuple(args.seeds))
+    pack = pack if pack is not None else resolve_env(args.pack)[0]
+    report = audit_pack(pack, split=args.split, seeds=tuple(args.seeds))
     print_audit(report, console)
     if args.json:
         console.print(f"audit: {save_audit(report, args.json)}", highlight=False)
