@@ -224,7 +224,11 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
                                                     f"({len(extra['experiences'])} lessons)"})
     console.print(report.table())
     if args.json:
-        console.print(f"report: {report.save(args.json)}", highlight=False)
+        from .transcripts import transcripts_path
+
+        path = report.save(args.json)
+        console.print(f"report: {path}\ntranscripts: {transcripts_path(path)} (stateset-agents show FILE)",
+                      highlight=False, soft_wrap=True)
     return 0
 
 
@@ -307,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-turns", type=int, default=None, help="agent messages per episode (default: the pack's)")
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--concurrency", type=int, default=32, help="episodes in flight at once")
-    ev.add_argument("--json", default=None, metavar="OUT", help="write the full report (every trial) as JSON, and every episode to "
-                    "OUT.transcripts.jsonl (see `stateset-agents show`)")
+    ev.add_argument("--json", default=None, metavar="OUT", help="write the full report (every trial) as JSON, and every episode next to it "
+                    "(eval.json -> eval.transcripts.jsonl; see `stateset-agents show`)")
     ev.add_argument("--experiences", default=None, metavar="PATH",
                     help="an experience library (Training-Free GRPO) injected into the agent's prompt")
     ev.set_defaults(func=_eval)

@@ -319,6 +319,11 @@ def test_cli_eval_writes_json(tiny_model_path, tmp_path, capsys):
     assert report.overall.trials == 4 and report.reward is None
     text = capsys.readouterr().out
     assert "pass^2" in text and f"report: {out}" in text
+    side = tmp_path / "eval.transcripts.jsonl"  # every episode, with the model's real replies
+    assert f"transcripts: {side}" in text
+    assert [(t.scenario_id, t.seed) for t in report.transcripts] == [
+        (s.scenario_id, t.seed) for s in report.results for t in s.trials]
+    assert all(t.turns >= 1 and t.messages[-1]["role"] in ("user", "assistant", "tool") for t in report.transcripts)
 
 
 def test_cli_eval_bad_input_exits_2(capsys):

@@ -199,7 +199,7 @@ def _num(label: str, v: float | None, fmt: str = ".2f") -> str:
     return "" if v is None else f" · {label} {v:{fmt}}"
 
 
-def _episode(tag: str, t: Transcript) -> str:
+def _episode(tag: str, t: Transcript, is_open: bool = False) -> str:
     outcome = "pass" if t.success else "fail"
     head = (f'<span class="badge">{outcome.upper()}</span>{_e(tag)} · {_e(t.scenario_id)} · trial {t.trial} · '
             f"seed {t.seed}{_num('score', t.score)}{_num('progress', t.progress)}{_num('reward', t.reward, '.3f')}")
@@ -219,7 +219,7 @@ def _episode(tag: str, t: Transcript) -> str:
         if err:
             bits.append(f"<b>{label}</b>: {_e(err)}")
     return (f'<details class="ep {outcome}" data-tag="{_e(tag)}" data-scenario="{_e(t.scenario_id)}" '
-            f'data-outcome="{outcome}"><summary>{head}</summary><div class="body">'
+            f'data-outcome="{outcome}"{" open" if is_open else ""}><summary>{head}</summary><div class="body">'
             + "".join(_message(m) for m in t.messages) + f'<div class="outcome">{" · ".join(bits)}</div></div></details>')
 
 
@@ -237,7 +237,7 @@ def _transcripts(run_dir: Path) -> str:
     filters = (_options("f-tag", "evaluation", [tag for tag, _ in files]) + _options("f-scenario", "scenario", scenarios)
                + _options("f-outcome", "outcome", ["pass", "fail"])
                + '<button id="f-open" type="button">open / close shown</button> <span id="f-count"></span>')
-    return f'<div class="filters">{filters}</div>' + "".join(_episode(tag, t) for tag, t in eps)
+    return f'<div class="filters">{filters}</div>' + "".join(_episode(tag, t, i == 0) for i, (tag, t) in enumerate(eps))
 
 
 def _subtitle(run_dir: Path) -> str:
