@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from stateset_agents.cli import main, one_line
+from stateset_agents.transcripts import Transcript, write_transcripts
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,8 @@ def bad(tmp_path_factory):
     (d / "run").mkdir()
     (d / "run" / "metrics.jsonl").write_text("garbage\n")
     (d / "t.jsonl").write_text('{"scenario_id": "x"}\n')
+    write_transcripts(d / "ok.transcripts.jsonl", [Transcript(scenario_id="cs-ship-eta-009", messages=[],
+                                                              success=False)])
     return d
 
 
@@ -74,6 +77,10 @@ CASES = [
     ("show", ["show", "{d}/missing.jsonl"], "cannot read transcripts '{d}/missing.jsonl'", "pass a file written"),
     ("show", ["show", "{d}/t.jsonl"], "{d}/t.jsonl:1: not a transcript record", "pass a file written"),
     ("show", ["show", "{d}"], "is a folder", "pass a transcripts file"),
+    ("show", ["show", "{d}/ok.transcripts.jsonl", "--scenario", "cs-ship-eta-00"],
+     "--scenario 'cs-ship-eta-00' is not in these transcripts", "Did you mean 'cs-ship-eta-009'"),
+    ("show", ["show", "{d}/ok.transcripts.jsonl", "--diff", "{d}/missing.jsonl"], "cannot read transcripts",
+     "pass a file written"),
     # serve
     ("serve", ["serve", "--model", "{d}/missing"], "model '{d}/missing' is not a folder", "pass 'default'"),
     ("serve", ["serve", "--model", "{d}/model", "--allow-no-auth"], "config.json is not valid JSON",
