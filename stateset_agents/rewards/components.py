@@ -19,21 +19,29 @@ __all__ = ["EfficiencyReward", "LengthWindowReward", "LexiconReward", "OutcomeRe
 
 
 class OutcomeReward(TrajectoryReward):
-    """The environment's judgement: ``outcome["score"]`` in [0, 1] (goal reached, end state, facts told, no
-    forbidden action; see docs/environments.md). None when the episode produced no outcome."""
+    """The environment's judgement (see docs/environments.md). ``field="progress"`` (default): the outcome's
+    ``progress`` in [0, 1], partial credit for what the agent changed or obtained (0 for doing nothing, after a
+    forbidden action or a false claim). ``field="success"``: 1.0 for a solved scenario, else 0.0 (the env's own
+    reward). None when the episode produced no outcome."""
 
-    def __init__(self, name: str = "outcome") -> None:
+    def __init__(self, name: str = "outcome", field: str = "progress") -> None:
+        if field not in ("progress", "success"):
+            raise ConfigError(f"OutcomeReward field {field!r} is not one of 'progress', 'success'; use "
+                              "progress for partial credit or success for 0/1")
         self.name = name
+        self.field = field
 
     def score_one(self, t: Trajectory) -> float | None:
-        return None if t.outcome is None else float(t.outcome["score"])
+        if t.outcome is None:
+            return None
+        return float(t.outcome["success"]) if self.field == "success" else float(t.outcome["progress"])
 
     def explain(self, t: Trajectory, value: float | None) -> str:
         if t.outcome is None:
             return "no outcome"
         o = t.outcome
-        return (f"goal={o['goal_reached']} state={o['state_match']} facts={o['facts_score']:.2f} "
-                f"forbidden={o['forbidden_actions']}")
+        return (f"success={o['success']} progress={o['progress']:.2f} goal={o['goal_reached']} "
+                f"state={o['state_match']} facts={o['facts_score']:.2f} forbidden={o['forbidden_actions']}")
 
 
 class ToolUseReward(TrajectoryReward):

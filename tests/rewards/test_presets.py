@@ -22,6 +22,35 @@ async def test_customer_service_preset_scores_real_episodes():
     assert set(res[0].components) >= {"outcome", "tool_use", "efficiency", "similarity", "repetition",
                                       "heuristic_empathy"}
     assert res[0].components["outcome"] == 1.0
+    assert res[1].components["outcome"] == 0.0  # small talk earns no progress
+
+
+@pytest.mark.parametrize("name", ["customer_service", "tech_support", "sales"])
+def test_domain_presets_score_progress_not_the_old_score(name):
+    r = load_reward(name)
+    outcome = next(fn for fn, _ in r.components if fn.name == "outcome")
+    assert outcome.field == "progress"
+
+
+async def test_outcome_field_success_and_progress_differ_on_partial_work():
+    from stateset_agents.envs import format_tool_call
+    from stateset_agents.rewards import OutcomeReward
+
+    partial = play("cs-refund-damaged-002", [format_tool_call("lookup_order", {"order_id": "ORD-1043"}),
+                                             format_tool_call("issue_refund", {"order_id": "ORD-1043",
+                                                                               "amount": 50.0, "reason": "x"}),
+                                             "Refunds take 5-7 business days."])
+    progress = (await OutcomeReward().score(group(partial)))[0].value
+    success = (await OutcomeReward(field="success").score(group(partial)))[0].value
+    assert progress == pytest.approx(0.8) and success == 0.0
+
+
+def test_unknown_outcome_field(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("name: x\ncomponents:\n  - {type: outcome, weight: 1, params: {field: score}}\n")
+    with pytest.raises(ConfigError, match="OutcomeReward field 'score' is not one of 'progress', 'success'; use "
+                       "progress for partial credit or success for 0/1"):
+        load_reward(f)
 
 
 def test_ruler_joins_when_a_judge_is_given():
