@@ -209,3 +209,9 @@ def test_cli_trains_sft_and_names_bad_fields(tiny_model_path, tmp_path, capsys):
     assert main(["train", str(f)]) == 2
     out = capsys.readouterr().out
     assert "demonstrations from jsonl need `path`" in out and "Traceback" not in out
+
+
+def test_every_example_config_loads():
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+    algorithms = {load_config(f).algorithm for f in examples}
+    assert {"sft", "grpo", "training_free"} <= algorithms
