@@ -85,7 +85,9 @@ async def test_report_keeps_every_episode_and_save_writes_them_next_to_the_json(
     assert all(isinstance(r.outcome["facts_told"], list) for r in recs)
 
 
-async def test_transcripts_load_with_datasets_as_one_table(tmp_path):
+async def test_transcripts_load_with_datasets_as_one_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # a local JSON file needs no hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
     report = await _report(k=3)
     report.save(tmp_path / "eval.json")
