@@ -160,6 +160,22 @@ def refuse_dropout(lm: Any, cfg: GRPOConfig) -> None:
                           "sampling forward; set these to 0 in the model's config.json")
 
 
+def plan_updates(samples: Sequence[Sample], n_updates: int, size: int,
+                 rng: np.random.Generator) -> list[list[Sample]]:
+    """Split a step's samples into ``n_updates`` optimiser updates of at most ``size`` samples each.
+
+    Groups (``sample.extra["group"]``) are taken whole, in a random order drawn from ``rng``, so no update
+    always sees the same prompts (sorting by prompt, as micro-batching inside an update does, would give the
+    first update of every step the same scenarios); a group larger than the room left straddles two updates.
+    Updates after the samples run out are empty (another process may still have samples for them)."""
+    by_group: dict[Any, list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: (s.traj_index, s.turn_index)):
+        by_group.setdefault(s.extra.get("group"), []).append(s)
+    keys = list(by_group)
+    flat = [s for k in rng.permutation(len(keys)) for s in by_group[keys[k]]]
+    return [flat[u * size:(u + 1) * size] for u in range(n_updates)]
+
+
 def group_signal(groups: Sequence[TrajectoryGroup], rtol: float) -> list[str]:
     """Per group, where its reward variance comes from: ``outcome`` (the episodes' success differs), ``shaping``
     (rewards differ, success does not: only shaping components such as similarity vary) or ``none`` (see
@@ -490,20 +506,49 @@ class GRPOTrainer:
         else:
             for s in samples:
                 s.advantage = advantages[id(trajs[s.traj_index])]
-        tokens: dict[int, int] = {}
+        group_of = [gi for gi, g in enumerate(groups) for _ in g.trajectories]
         for s in samples:
-            tokens[s.traj_index] = tokens.get(s.traj_index, 0) + s.num_completion
-        order = sorted(tokens)
-        n_traj, n_tok = self.dist.all_reduce_sum([len(order), sum(tokens.values())])
-        budget = cfg.max_new_tokens * self.max_turns
-        w = loss_weights([tokens[i] for i in order], cfg.loss_type, max_tokens=budget,
-                         total_trajectories=int(n_traj), total_tokens=int(n_tok))
-        weight = dict(zip(order, w, strict=True))
-        for s in samples:
-            s.weight = weight[s.traj_index]
+            s.extra["group"] = group_of[s.traj_index]  # updates take whole groups (see plan_updates)
         if cfg.beta > 0:
             self._reference_logprobs(samples)
         return samples
+
+    def _plan_updates(self, samples: list[Sample]) -> tuple[list[list[list[Sample]]], list[int], list[int]]:
+        """The step's optimiser updates (per update, this process's micro-batches), with every sample's loss
+        weight normalised over its own update (over all processes); the forward passes per update (the most any
+        process has); the samples per update (all processes). ``([], [], [])`` when no process has samples.
+
+        Normalising per update (not over the whole batch) keeps each update's gradient at the scale of a full
+        batch's, so ``max_grad_norm`` and the learning rate mean the same with any ``gradient_accumulation_steps``."""
+        cfg, m = self.config, self.config.micro_batch_size
+        local_mbs = math.ceil(len(samples) / m)
+        n_mb = max(self.dist.all_gather_object(local_mbs)) if self.dist.distributed else local_mbs
+        if n_mb == 0:
+            return [], [], []
+        per_update = cfg.gradient_accumulation_steps or n_mb
+        rng = np.random.default_rng(step_seed(cfg.seed, self.step, f"updates:{self.dist.rank}"))
+        chunks = plan_updates(samples, math.ceil(n_mb / per_update), per_update * m, rng)
+        stats = []
+        for chunk in chunks:
+            tokens: dict[int, int] = {}
+            for s in chunk:
+                tokens[s.traj_index] = tokens.get(s.traj_index, 0) + s.num_completion
+            stats += [len(tokens), sum(tokens.values()), len(chunk)]
+        totals = self.dist.all_reduce_sum(stats)
+        budget = cfg.max_new_tokens * self.max_turns
+        for u, chunk in enumerate(chunks):
+            order = sorted({s.traj_index for s in chunk})
+            tok = {i: sum(s.num_completion for s in chunk if s.traj_index == i) for i in order}
+            w = loss_weights([tok[i] for i in order], cfg.loss_type, max_tokens=budget,
+                             total_trajectories=int(totals[3 * u]), total_tokens=int(totals[3 * u + 1]))
+            weight = dict(zip(order, w, strict=True))
+            for s in chunk:
+                s.weight = weight[s.traj_index]
+        plan = [self._micro_batches(c, share=self._share_prompts()) for c in chunks]
+        counts = [len(p) for p in plan]
+        passes = ([max(c) for c in zip(*self.dist.all_gather_object(counts), strict=True)]
+                  if self.dist.distributed else counts)
+        return plan, passes, [int(totals[3 * u + 2]) for u in range(len(chunks))]
 
     def _micro_batches(self, samples: list[Sample], share: bool = False) -> list[list[Sample]]:
         """Micro-batches of at most ``micro_batch_size`` samples. With ``share``, samples are ordered by their
@@ -511,7 +556,7 @@ class GRPOTrainer:
         of a group, then the pack's system message shared by all; see training/prefix.py); else by length."""
         m = self.config.micro_batch_size
         key = (lambda s: s.input_ids[:s.completion_start]) if share else (lambda s: len(s.input_ids))
-        ordered = sorted(samples, key=key)
+        ordered = sorted(samples, key=lambda s: (key(s), s.traj_index, s.turn_index))  # ties: a fixed order
         return [ordered[i:i + m] for i in range(0, len(ordered), m)]
 
     def _share_prompts(self) -> bool:
@@ -578,10 +623,8 @@ class GRPOTrainer:
         cfg = self.config
         t0 = time.perf_counter()
         self.model.train()
-        mbs = self._micro_batches(samples, share=self._share_prompts()) if samples else []
-        # Every process runs the same number of updates (an empty share contributes zero gradients).
-        n_mb = max(self.dist.all_gather_object(len(mbs))) if self.dist.distributed else len(mbs)
-        if n_mb == 0:  # nothing under the loss anywhere (e.g. every group had equal rewards): no update
+        plan, passes, totals = self._plan_updates(samples)
+        if not plan:  # nothing under the loss anywhere (e.g. every group had equal rewards): no update
             self.model.eval()
             return {"loss": None, "kl": None, "clip_fraction": None, "entropy": None, "mean_ratio": None,
                     "ratio/mean": None, "ratio/min": None, "ratio/max": None, "ratio/outside_clip": None,
@@ -590,7 +633,6 @@ class GRPOTrainer:
                     "_time": time.perf_counter() - t0}
         if self.fsdp is not None:
             self.fsdp.shard()
-        per_update = cfg.gradient_accumulation_steps or n_mb
         sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "tokens": 0.0, "weighted_ratio": 0.0,
                 "value_loss": 0.0, "value_rows": 0.0, "ratio_outside": 0.0}
         # raw (unclipped) ratio extremes; the first update's deviation from 1 checks engine vs trainer log-probs
@@ -599,12 +641,13 @@ class GRPOTrainer:
         updates = 0
         head_weight = None
         for _ in range(cfg.num_iterations):
-            for start in range(0, n_mb, per_update):
+            for u, mbs in enumerate(plan):
                 # None, not zeros: the first backward then stores its gradient without an extra buffer
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.value_optimizer is not None:
                     self.value_optimizer.zero_grad(set_to_none=True)
-                for j in range(start, min(start + per_update, n_mb)):
+                n_samples = totals[u]  # this update's samples over all processes (the value loss's mean)
+                for j in range(passes[u]):  # every process runs the same number of passes per update
                     if j >= len(mbs):
                         if self.fsdp is not None:  # every process must join every FSDP collective
                             self.fsdp.idle_pass(cfg.temperature, cfg.logprob_chunk_size)
@@ -622,9 +665,9 @@ class GRPOTrainer:
                     if self.value_head is not None and b.returns is not None:
                         rows = torch.arange(b.input_ids.shape[0], device=self.device)
                         v = self.value_head(hidden[rows, b.value_positions].detach().float()).squeeze(-1)
-                        vloss = ((v - b.returns) ** 2).sum() / max(len(samples), 1)
+                        vloss = ((v - b.returns) ** 2).sum() / max(n_samples, 1)
                         loss = loss + vloss
-                        sums["value_loss"] += float(vloss.detach()) * len(samples)
+                        sums["value_loss"] += float(vloss.detach()) * n_samples
                         sums["value_rows"] += len(rows)
                     loss.backward()
                     n = int(b.targets.numel())
@@ -664,7 +707,7 @@ class GRPOTrainer:
         return {
             "ratio/mean": s["weighted_ratio"] / tok, "ratio/min": ratio_min, "ratio/max": ratio_max,
             "ratio/outside_clip": s["ratio_outside"] / tok, "ratio/first_update_max_dev": first_dev,
-            "loss": s["loss"] / max(cfg.num_iterations, 1),
+            "loss": s["loss"] / max(updates, 1),  # each update's loss is a mean over its own tokens
             "kl": s["kl"] / tok if cfg.beta > 0 else None,
             "clip_fraction": s["clipped"] / tok,
             "entropy": s["entropy"] / tok,

@@ -180,3 +180,67 @@ def test_raw_ratio_statistics_are_taken_before_clipping(tiny_model_path, tmp_pat
     m = asyncio.run(trainer.astep())
     assert m["ratio/outside_clip"] > 0
     assert m["ratio/max"] > 1.2 or m["ratio/min"] < 0.8  # beyond the clip range [0.8, 1.2]: raw, not clipped
+
+
+# ---------------------------------------------------------------- 2: normalised per optimiser update
+def _spy_updates(trainer):
+    """Per optimiser update: the sum of the loss weights of its tokens, its samples' groups, and its gradient."""
+    updates = [{"weight": 0.0, "groups": []}]
+    collate_fn, clip = trainer._collate, trainer.dist.clip_grad_norm
+
+    def spy_collate(mb):
+        b = collate_fn(mb)
+        updates[-1]["weight"] += float(b.weights.sum())
+        updates[-1]["groups"] += [s.extra.get("group") for s in mb]
+        return b
+
+    def spy_clip(params, max_norm):
+        params = list(params)
+        updates[-1]["grad"] = torch.cat([p.grad.flatten() for p in params if p.grad is not None]).clone()
+        updates.append({"weight": 0.0, "groups": []})
+        return clip(params, max_norm)
+
+    trainer._collate, trainer.dist.clip_grad_norm = spy_collate, spy_clip
+    return updates
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_each_optimiser_update_is_normalised_on_its_own(tiny_model_path, tmp_path, loss_type):
+    """gradient_accumulation_steps=1: every update's token weights sum to 1 (a mean over its own tokens or
+    trajectories), not 1 / (number of updates), so max_grad_norm clips each update's real gradient."""
+    trainer = make_trainer(tiny_model_path, tmp_path, CharCount(), max_steps=1, loss_type=loss_type,
+                           gradient_accumulation_steps=1, micro_batch_size=8)
+    updates = _spy_updates(trainer)
+    m = asyncio.run(trainer.astep())
+    updates = updates[:-1]
+    assert len(updates) == m["optimizer_updates"] > 2
+    assert [round(u["weight"], 5) for u in updates] == [1.0] * len(updates)
+
+
+def test_one_update_of_micro_batches_equals_one_update_on_the_whole_batch(tiny_model_path, tmp_path):
+    grads = []
+    for mbs in (2, 256):
+        trainer = make_trainer(tiny_model_path, tmp_path / str(mbs), CharCount(), max_steps=1, micro_batch_size=mbs,
+                               max_grad_norm=None)
+        updates = _spy_updates(trainer)
+        m = asyncio.run(trainer.astep())
+        assert m["optimizer_updates"] == 1
+        grads.append(updates[0]["grad"])
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_groups_are_shuffled_across_updates(tiny_model_path, tmp_path):
+    """Updates take whole groups in a seeded random order, not prompt-sorted slices: over a few steps the order
+    of groups differs from step to step, and each update holds one group here (16 turns = 2 updates of 8)."""
+    trainer = make_trainer(tiny_model_path, tmp_path, CharCount(), max_steps=4, gradient_accumulation_steps=1,
+                           micro_batch_size=8, scenarios_per_step=4)
+    orders = []
+    for _ in range(4):
+        updates = _spy_updates(trainer)
+        asyncio.run(trainer.astep())
+        per_update = [sorted(set(u["groups"])) for u in updates[:-1]]
+        assert all(len(g) == 1 for g in per_update)
+        orders.append(tuple(dict.fromkeys(g[0] for g in per_update)))
+        trainer._collate, trainer.dist.clip_grad_norm = type(trainer)._collate.__get__(trainer), \
+            type(trainer.dist).clip_grad_norm.__get__(trainer.dist)
+    assert len(set(orders)) > 1 and any(list(o) != sorted(o) for o in orders)
