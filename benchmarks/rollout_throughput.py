@@ -1,14 +1,19 @@
 """Rollout generation throughput: our batching engine vs transformers `generate`, on SmolLM2 (fp32, CPU).
 
-Workload (identical for every method): 32 customer-service chat prompts, 64 new tokens each, sampled at
-temperature 1.0; EOS is ignored so every request generates exactly 64 tokens.
+Workload (identical for every method): B customer-service chat prompts (B in --batch-sizes, default 1, 4, 8, 16,
+32), 64 new tokens each, sampled at temperature 1.0; EOS is ignored so every request generates exactly 64 tokens.
 
-  (a) engine      : 32 concurrent HFChatModel.chat() calls, decoded together by our engine
-  (b) generate x1 : transformers `generate` called once per request, in turn
-  (c) generate xN : transformers `generate` on the whole left-padded batch at once
+  engine        : B concurrent HFChatModel.chat() calls decoded together, fast decode path (models/fast_decode.py)
+  engine_int8   : the same with int8 decode weights (precision="int8")
+  engine_hf     : the same through the transformers forward (fast_decode=False): the engine before this path
+  generate      : transformers `generate` on the B left-padded prompts at once
 
-Each method runs in its own subprocess (so peak RSS is its own), in the order given by --order; model load time
-is excluded. Run:  .venv/bin/python benchmarks/rollout_throughput.py [--repeats 1] [--json out.json]
+Each method runs in its own subprocess (so peak RSS is its own), all batch sizes inside it; the methods alternate
+in every repeat (--repeats), so a shared, noisy machine slows them alike. Model load time is excluded; each run
+is preceded by a warm-up at the same batch size. Reported per (method, batch size): new tokens/s (median and
+range over repeats) and the mean decode-step time (seconds / 64 steps, prefill included).
+
+  .venv/bin/python benchmarks/rollout_throughput.py [--repeats 2] [--batch-sizes 1,4,8,16,32] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
+import statistics
 import subprocess
 import sys
 import time
 
-N_PROMPTS, NEW_TOKENS = 32, 64
+NEW_TOKENS = 64
 QUESTIONS = [
     "My order ORD-{i} hasn't arrived yet, where is it?", "I was charged twice for invoice INV-{i}.",
     "The blender in order {i} arrived cracked. What can you do?", "Can I change the address on order {i}?",
@@ -30,42 +35,65 @@ QUESTIONS = [
 ]
 
 
-def prompts():
+def prompts(n: int):
     from stateset_agents import Message
 
     system = Message(role="system", content="You are a helpful customer service agent for an online store.")
     return [[system, Message(role="user", content=QUESTIONS[i % len(QUESTIONS)].format(i=1000 + i))]
-            for i in range(N_PROMPTS)]
+            for i in range(n)]
 
 
 def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_engine() -> dict:
+def _engine(batch_sizes: list[int], **kw) -> dict:
     import asyncio
 
     from stateset_agents import SamplingParams
     from stateset_agents.models import default_model
 
-    model = default_model(max_batch_size=N_PROMPTS)
+    model = default_model(max_batch_size=max(batch_sizes), **kw)
     model.engine.eos = set()  # fixed workload: exactly NEW_TOKENS per request
     s = SamplingParams(temperature=1.0, max_new_tokens=NEW_TOKENS, seed=0)
-    ps = prompts()
 
-    async def go():
+    async def go(ps):
         return await asyncio.gather(*[model.chat(p, sampling=s.model_copy(update={"seed": i}))
                                       for i, p in enumerate(ps)])
 
-    asyncio.run(go())  # warm-up (allocator, kernels)
-    t = time.perf_counter()
-    out = asyncio.run(go())
-    dt = time.perf_counter() - t
+    out = {"decode_path": model.engine.stats.decode_path}
+    for b in batch_sizes:
+        ps = prompts(b)
+        asyncio.run(go(ps))  # warm-up (allocator, kernels, the decode snapshot)
+        t = time.perf_counter()
+        res = asyncio.run(go(ps))
+        out[str(b)] = {"tokens": sum(len(c.completion_ids) for c in res), "seconds": time.perf_counter() - t}
     model.close()
-    return {"tokens": sum(len(c.completion_ids) for c in out), "seconds": dt}
+    return out
 
 
-def _hf():
+def run_engine(bs):
+    return _engine(bs)
+
+
+def run_engine_int8(bs):
+    return _engine(bs, precision="int8")
+
+
+def run_engine_hf(bs):
+    return _engine(bs, fast_decode=False)
+
+
+def run_generate(batch_sizes: list[int]) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,69 +103,78 @@ def _hf():
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    texts = [tok.apply_chat_template([m.to_openai() for m in p], add_generation_prompt=True, tokenize=False)
-             for p in prompts()]
-    return torch, tok, model, texts
 
+    def gen(texts):
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            o = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                               max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=tok.pad_token_id)
+        return (o.shape[1] - enc["input_ids"].shape[1]) * o.shape[0]
 
-def _generate(torch, tok, model, batch):
-    enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.inference_mode():
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                             max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=tok.pad_token_id)
-    return (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
-
-
-def run_generate_each() -> dict:
-    torch, tok, model, texts = _hf()
     torch.manual_seed(0)
-    _generate(torch, tok, model, texts[:1])  # warm-up
-    t = time.perf_counter()
-    n = sum(_generate(torch, tok, model, [x]) for x in texts)
-    return {"tokens": n, "seconds": time.perf_counter() - t}
+    out = {"decode_path": "transformers generate"}
+    for b in batch_sizes:
+        texts = [tok.apply_chat_template([m.to_openai() for m in p], add_generation_prompt=True, tokenize=False)
+                 for p in prompts(b)]
+        gen(texts)  # warm-up
+        t = time.perf_counter()
+        n = gen(texts)
+        out[str(b)] = {"tokens": n, "seconds": time.perf_counter() - t}
+    return out
 
 
-def run_generate_batch() -> dict:
-    torch, tok, model, texts = _hf()
-    torch.manual_seed(0)
-    _generate(torch, tok, model, texts[:4])  # warm-up
-    t = time.perf_counter()
-    n = _generate(torch, tok, model, texts)
-    return {"tokens": n, "seconds": time.perf_counter() - t}
-
-
-METHODS = {"engine": run_engine, "generate_each": run_generate_each, "generate_batch": run_generate_batch}
+METHODS = {"engine": run_engine, "engine_int8": run_engine_int8, "engine_hf": run_engine_hf,
+           "generate": run_generate}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=list(METHODS))
-    ap.add_argument("--order", default="engine,generate_batch,generate_each")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--batch-sizes", default="1,4,8,16,32")
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    bs = [int(x) for x in args.batch_sizes.split(",")]
     if args.only:
-        res = METHODS[args.only]()
+        res = METHODS[args.only](bs)
         res["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(res))
         return
-    results = {}
-    for name in args.order.split(","):
-        out = subprocess.run([sys.executable, __file__, "--only", name], capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["tokens_per_s"] = r["tokens"] / r["seconds"]
-        results[name] = r
-        print(f"{name:15s} {r['tokens']:5d} tokens in {r['seconds']:7.2f} s = {r['tokens_per_s']:7.1f} new tok/s, "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    e = results["engine"]["tokens_per_s"]
-    ratios = {"engine/generate_each": e / results["generate_each"]["tokens_per_s"],
-              "engine/generate_batch": e / results["generate_batch"]["tokens_per_s"]}
-    for k, v in ratios.items():
-        print(f"{k}: {v:.2f}x")
+    methods = args.methods.split(",")
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for rep in range(args.repeats):
+        order = methods if rep % 2 == 0 else methods[::-1]  # alternate, so drift hits every method alike
+        for name in order:
+            out = subprocess.run([sys.executable, __file__, "--only", name, "--batch-sizes", args.batch_sizes],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[name].append(r)
+            print(f"repeat {rep} {name:12s} " + "  ".join(
+                f"b={b}: {r[str(b)]['tokens'] / r[str(b)]['seconds']:6.1f} tok/s" for b in bs), flush=True)
+    results: dict[str, dict] = {}
+    for name, rs in runs.items():
+        results[name] = {"decode_path": rs[0]["decode_path"],
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "batch": {}}
+        for b in bs:
+            tps = [r[str(b)]["tokens"] / r[str(b)]["seconds"] for r in rs]
+            step = [r[str(b)]["seconds"] / NEW_TOKENS * 1e3 for r in rs]
+            results[name]["batch"][str(b)] = {"tokens_per_s_median": statistics.median(tps),
+                                              "tokens_per_s_range": [min(tps), max(tps)],
+                                              "step_ms_median": statistics.median(step)}
+    ratios = {}
+    if "generate" in results:
+        for name in results:
+            if name != "generate":
+                ratios[f"{name}/generate"] = {
+                    str(b): results[name]["batch"][str(b)]["tokens_per_s_median"]
+                    / results["generate"]["batch"][str(b)]["tokens_per_s_median"] for b in bs}
+    print(json.dumps({"ratios": ratios}, indent=1))
     import torch
 
-    summary = {"workload": f"{N_PROMPTS} prompts x {NEW_TOKENS} new tokens, sampled, EOS ignored",
+    summary = {"workload": f"B prompts x {NEW_TOKENS} new tokens, sampled, EOS ignored; B in {bs}",
                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-               "results": results, "ratios": ratios}
+               "repeats": args.repeats, "results": results, "ratios": ratios}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)
