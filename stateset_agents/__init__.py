@@ -22,6 +22,7 @@ from .envs.registry import load_plugins as _load_plugins
 from .envs.registry import register_builtin_envs as _register_builtin_envs
 from .errors import (
     ConfigError,
+    ContextOverflowError,
     EpisodeError,
     ModelError,
     ModelNotInstalledError,
@@ -44,6 +45,7 @@ __all__ = [
     "ChatModel",
     "Completion",
     "ConfigError",
+    "ContextOverflowError",
     "ConversationEnv",
     "EnvPack",
     "EpisodeError",

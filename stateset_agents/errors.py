@@ -12,6 +12,7 @@ Every message names the bad value and says how to fix it.
     │                                  a sync env method called inside a running event loop
     ├── PluginError (RuntimeError)     a third-party environment plugin failed to load
     ├── ModelError (RuntimeError)      a language model backend failed (endpoint down, bad response)
+    │   └── ContextOverflowError       the prompt plus max_new_tokens does not fit in the model's positions
     ├── ModelNotInstalledError (ImportError)
     │                                  the default model or an optional extra is not installed
     └── TrainingError (RuntimeError)   training cannot go on (e.g. the reward applies to nothing in a batch)
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ContextOverflowError",
     "EpisodeError",
     "ModelError",
     "ModelNotInstalledError",
@@ -70,6 +72,10 @@ class PluginError(StatesetError, RuntimeError):
 
 class ModelError(StatesetError, RuntimeError):
     """A language-model backend failed: endpoint unreachable, bad response, generation error."""
+
+
+class ContextOverflowError(ModelError):
+    """The conversation no longer fits: prompt tokens + ``max_new_tokens`` exceed the model's positions."""
 
 
 class ModelNotInstalledError(StatesetError, ImportError):

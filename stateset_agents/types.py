@@ -153,6 +153,8 @@ class Trajectory(_Strict):
     components: dict[str, float | None] = Field(default_factory=dict)
     error: str | None = None
     """Why the episode failed, if it did. A failed episode is kept as data and never scored as if it worked."""
+    failure: str | None = None
+    """The failure as a reason code (``rollout.FAILURE_REASONS``); the agent's own are ``rollout.AGENT_FAILURES``."""
 
     @property
     def ok(self) -> bool:

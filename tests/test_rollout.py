@@ -71,7 +71,8 @@ class Silent:
 async def test_empty_agent_message_is_recorded():
     [g] = await rollout(MultiTurnAgent(Silent()), _factory, SCENARIOS[:1], group_size=1, progress=False)
     t = g.trajectories[0]
-    assert t.error == "ValueError: the agent produced an empty message at turn 1 (finish_reason='stop')"
+    assert t.error == "AgentOutputError: the agent produced an empty message at turn 1 (finish_reason='stop')"
+    assert t.failure == "empty_reply"  # the agent's own failure: a trainer scores it (rollout.AGENT_FAILURES)
     assert len(t.completions) == 1
 
 

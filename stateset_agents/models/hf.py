@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ContextOverflowError, ModelError
 from ..types import Completion, Message, ToolCall
 from .base import SamplingParams
 from .engine import GenerationEngine
@@ -92,9 +92,9 @@ class HFChatModel:
         prompt = self.prompt_ids(messages, tools)
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and len(prompt) + sampling.max_new_tokens > limit:
-            raise ModelError(f"prompt of {len(prompt)} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the "
-                             f"model's {limit} positions; shorten the conversation (MultiTurnAgent context_tokens) "
-                             "or lower max_new_tokens")
+            raise ContextOverflowError(
+                f"prompt of {len(prompt)} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the model's "
+                f"{limit} positions; shorten the conversation (MultiTurnAgent context_tokens) or lower max_new_tokens")
         try:
             result = await self.engine.generate(prompt, sampling, on_token=on_token)
         except ConfigError:  # the request itself is bad (e.g. a json_schema that does not compile)

@@ -63,6 +63,8 @@ class GRPOConfig(PolicyConfig):
     """A group's rewards count as all equal when max - min <= this x max(1, the group's largest |reward|)."""
     advantage_std_floor: float = Field(default=0.1, ge=0)
     """Group (batch) std floor, x max(1, largest |reward|): tiny shaping differences get tiny advantages, not +-1."""
+    failure_reward: float | Literal["group_min"] = "group_min"
+    """Reward of an episode the agent's own output ended (rollout.AGENT_FAILURES); group_min: its group's lowest, or 0."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> GRPOConfig:

@@ -6,11 +6,16 @@ One step (see ../shared/DESIGN.md, "Data flow"):
    this process takes its share (:class:`DistContext`);
 2. roll out ``group_size`` episodes of each with the policy itself (its batching engine), recording every agent
    turn's prompt ids, sampled ids and their log-probs under the sampling distribution (the old policy);
-3. score each group with the reward; ``None`` results (not applicable, failed episodes) get no advantage and no
-   loss; if nothing in the whole batch was scored, a :class:`TrainingError` stops the run;
+3. score each group with the reward (:func:`assign_rewards`): an episode the agent's own output ended (empty or
+   overlong reply, context overflow) stays in its group with ``failure_reward``; episodes that failed outside
+   the agent (user simulator, model backend, env) and ``None`` results (not applicable) get no advantage and no
+   loss, counted per reason in ``failures/*``; if nothing in the whole batch was scored, a :class:`TrainingError`
+   stops the run;
 4. advantages: group-relative (GRPO) or GAE over agent turns with a value head;
 5. ``num_iterations`` passes of the clipped surrogate (+ ``beta`` x k3 KL to the reference policy) over the agent
-   tokens only, normalised per ``loss_type``; gradient clipping; AdamW; the LR schedule steps once per step;
+   tokens only; each pass is split into optimiser updates of whole groups in a seeded random order
+   (:func:`plan_updates`), each normalised per ``loss_type`` over its own tokens; gradient clipping; AdamW; the LR
+   schedule steps once per step; raw importance-ratio statistics (``ratio/*``) are logged before clipping;
 6. metrics to ``metrics.jsonl`` (and the live display, TensorBoard, W&B); a checkpoint every ``save_every`` steps.
 
 The reference policy: with LoRA, the same model with its adapters disabled (no second copy); with a full
@@ -39,8 +44,8 @@ import torch
 
 from ..errors import ConfigError, TrainingError
 from ..models.base import SamplingParams
-from ..rewards.base import RewardFunction
-from ..rollout import rollout
+from ..rewards.base import RewardFunction, RewardResult
+from ..rollout import AGENT_FAILURES, rollout
 from ..types import Trajectory, TrajectoryGroup
 from .batch import Sample, collate, samples_from_trajectories
 from .checkpoint import (
@@ -158,6 +163,43 @@ def refuse_dropout(lm: Any, cfg: GRPOConfig) -> None:
         shown = ", ".join(f"{k}={v}" for k, v in list(found.items())[:4])
         raise ConfigError(f"the model uses dropout ({shown}), which makes the training forward differ from the "
                           "sampling forward; set these to 0 in the model's config.json")
+
+
+#: why an episode gets no reward and leaves the loss: a failure outside the agent (the user simulator, the model
+#: backend, the env), or a reward that did not apply (None) or failed (an error, a non-finite value)
+DROP_REASONS = ("user_simulator", "model_error", "env_error", "reward_none", "reward_error")
+
+
+def assign_rewards(group: TrajectoryGroup, results: Sequence[RewardResult],
+                   failure_reward: float | str) -> dict[str, int]:
+    """Set each trajectory's ``reward`` and ``components`` from the reward's ``results``; return a count per reason
+    (:data:`DROP_REASONS` for those left without a reward, ``rollout.AGENT_FAILURES`` for those scored as failures).
+
+    An episode that the agent's own output ended (an empty or overlong reply, a conversation too long for the
+    context) stays in its group with ``failure_reward``: ``"group_min"`` is the lowest reward of the group's
+    scored episodes (0 when there is none), so the policy is pushed away from what it did there."""
+    counts: dict[str, int] = {}
+    for t, r in zip(group.trajectories, results, strict=True):
+        t.components = dict(r.components)
+        t.reward = None
+        if t.failure in AGENT_FAILURES:
+            continue
+        if t.error is not None:
+            reason = t.failure if t.failure in DROP_REASONS else "env_error"
+        elif r.value is None or not math.isfinite(r.value):
+            reason = "reward_error" if (r.error or r.value is not None) else "reward_none"
+        else:
+            t.reward = float(r.value)
+            continue
+        counts[reason] = counts.get(reason, 0) + 1
+    failed = [t for t in group.trajectories if t.failure in AGENT_FAILURES]
+    if failed:
+        scored = [t.reward for t in group.trajectories if t.reward is not None]
+        value = (min(scored) if scored else 0.0) if failure_reward == "group_min" else float(failure_reward)
+        for t in failed:
+            t.reward = value
+            counts[t.failure] = counts.get(t.failure, 0) + 1
+    return counts
 
 
 def plan_updates(samples: Sequence[Sample], n_updates: int, size: int,
@@ -420,9 +462,10 @@ class GRPOTrainer:
             if len(res) != len(g):
                 raise TrainingError(f"reward {self.reward.name!r} returned {len(res)} results for a group of "
                                     f"{len(g)}; a RewardFunction returns one result per trajectory")
-            for t, r in zip(g.trajectories, res, strict=True):
-                t.reward = r.value if (t.error is None and r.value is not None and math.isfinite(r.value)) else None
-                t.components = dict(r.components)
+        failures = dict.fromkeys((*AGENT_FAILURES, *DROP_REASONS), 0)
+        for g, res in zip(groups, results, strict=True):
+            for reason, n in assign_rewards(g, res, cfg.failure_reward).items():
+                failures[reason] += n
         t_score = time.perf_counter() - t0 - t_rollout
 
         trajs = [t for g in groups for t in g.trajectories]
@@ -449,6 +492,8 @@ class GRPOTrainer:
         metrics = self._metrics(step, groups, trajs, zero_var, update, new_tokens,
                                 {"rollout": t_rollout, "score": t_score, "advantages": t_adv,
                                  "update": update.pop("_time"), "total": time.perf_counter() - t0})
+        totals = self.dist.all_reduce_sum(list(failures.values()))
+        metrics.update({f"failures/{k}": int(v) for k, v in zip(failures, totals, strict=True)})
         self.history.append(metrics)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

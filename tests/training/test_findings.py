@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from stateset_agents.errors import ConfigError, TrainingError
+from stateset_agents.rewards.base import agent_text
 from stateset_agents.training.batch import Sample, collate
+from stateset_agents.training.losses import has_variance
 from tests.training.test_trainer import CharCount, make_trainer
 
 
@@ -244,3 +246,84 @@ def test_groups_are_shuffled_across_updates(tiny_model_path, tmp_path):
         trainer._collate, trainer.dist.clip_grad_norm = type(trainer)._collate.__get__(trainer), \
             type(trainer.dist).clip_grad_norm.__get__(trainer.dist)
     assert len(set(orders)) > 1 and any(list(o) != sorted(o) for o in orders)
+
+
+# ---------------------------------------------------------------- 1: the agent's own failures stay in the loss
+def _short_context_model(tiny_model_path, dest, positions=115):
+    """The tiny model with room for ``positions`` tokens: on the toy pack the second prompt is 90-116 tokens,
+    so the agent's first reply (up to 12 tokens) makes about half the episodes overflow at their second turn."""
+    import shutil
+
+    shutil.copytree(tiny_model_path, dest)
+    cfg = json.loads((dest / "config.json").read_text())
+    cfg["max_position_embeddings"] = positions
+    (dest / "config.json").write_text(json.dumps(cfg))
+    return dest
+
+
+class OddLengthNone(CharCount):
+    """Programmatic reward that does not apply (None) to episodes whose agent text has an odd length."""
+
+    name = "even_only"
+
+    def score_one(self, t):
+        n = len(agent_text(t))
+        return None if n % 2 else n / 100
+
+
+def test_context_overflow_is_the_agents_failure_and_gets_the_group_minimum(tiny_model_path, tmp_path):
+    folder = _short_context_model(Path(tiny_model_path), tmp_path / "short")
+    trainer = make_trainer(folder, tmp_path, CharCount(), max_steps=1)
+    seen = {}
+    score = trainer.reward.score
+
+    async def spy(group):
+        seen[group.scenario_id] = group
+        return await score(group)
+
+    trainer.reward.score = spy
+    m = asyncio.run(trainer.astep())
+    failed = [t for g in seen.values() for t in g.trajectories if t.failure == "context_overflow"]
+    assert m["failures/context_overflow"] == len(failed) > 0
+    assert all(t.error and "ContextOverflowError" in t.error for t in failed)
+    for g in seen.values():
+        ok = [t.reward for t in g.trajectories if t.failure is None]
+        for t in g.trajectories:
+            if t.failure == "context_overflow":
+                assert t.reward == (min(ok) if ok else 0.0)  # in its group, at the group's lowest reward
+    # their first turns are trained on: every turn of every group with reward variance is under the loss
+    assert m["scored"] == m["trajectories"] == 32
+    live = [g for g in seen.values() if has_variance([t.reward for t in g.trajectories], 1e-3)]
+    assert any(t.failure for g in live for t in g.trajectories)
+    assert m["loss_tokens"] == sum(len(c.completion_ids) for g in live for t in g.trajectories for c in t.completions)
+
+
+def test_failure_reward_can_be_a_number(tiny_model_path, tmp_path):
+    folder = _short_context_model(Path(tiny_model_path), tmp_path / "short")
+    trainer = make_trainer(folder, tmp_path, CharCount(), max_steps=1, failure_reward=-1.0)
+    m = asyncio.run(trainer.astep())
+    assert m["failures/context_overflow"] > 0 and m["scored"] == 32
+    assert m["reward"] < 0.2  # the -1s pull the mean down (CharCount alone is >= 0)
+
+
+def test_failures_outside_the_agent_are_dropped_and_counted(tiny_model_path, tmp_path):
+    m = asyncio.run(make_trainer(tiny_model_path, tmp_path, OddLengthNone(), max_steps=1).astep())
+    assert m["failures/reward_none"] > 0
+    assert m["scored"] == m["trajectories"] - m["failures/reward_none"]
+    assert m["failures/context_overflow"] == m["failures/empty_reply"] == 0
+
+
+async def test_rollout_names_each_failure(tiny_model_path, tmp_path):
+    from stateset_agents.agents import MultiTurnAgent
+    from stateset_agents.models.base import SamplingParams
+    from stateset_agents.models.hf import HFChatModel
+    from stateset_agents.rollout import AGENT_FAILURES, run_episode
+    from stateset_agents.training.build import make_env_factory
+
+    model = HFChatModel(_short_context_model(Path(tiny_model_path), tmp_path / "short", positions=50))
+    agent = MultiTurnAgent(model, domain=None, sampling=SamplingParams(temperature=1.0, max_new_tokens=12))
+    env = make_env_factory(str(Path(__file__).parent / "toy_pack"))()
+    t = await run_episode(agent, env, "toy-000", seed=1)  # the first prompt (45 tokens) + 12 does not fit
+    assert (t.failure, t.completions) == ("context_overflow", [])
+    assert "context_overflow" in AGENT_FAILURES and "user_simulator" not in AGENT_FAILURES
+    model.close()
