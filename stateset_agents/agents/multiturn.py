@@ -12,6 +12,12 @@ message and the first user message; a single note ``[N earlier messages omitted]
 messages are dropped together with the assistant message that called them. If even the newest message and the
 kept ones do not fit, the prompt is sent anyway with only them.
 
+Trimming takes linear time: each message is tokenised once on its own (its chat-template cost), the smallest cut
+that fits is found by arithmetic on those counts, and the chosen prompt is counted once more, exactly, to confirm
+(a template whose messages are not separated by special tokens can make the sum differ; then the next cut is
+tried). A conversation of more than ``HEAVY_CHARS`` characters is trimmed in a worker thread, so a server's
+event loop keeps answering other clients meanwhile.
+
 Which tokens are the agent's own: each turn's :class:`Completion` carries the exact ``prompt_ids`` the model
 saw and the ``completion_ids`` it sampled. The trainer scores the completion tokens given the prompt tokens,
 so condensing older turns never mislabels a token: everything in ``prompt_ids`` is context, and only
@@ -20,6 +26,7 @@ so condensing older turns never mislabels a token: everything in ``prompt_ids`` 
 
 from __future__ import annotations
 
+import asyncio
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +40,10 @@ from ..types import Completion, Message
 if TYPE_CHECKING:
     from .experience import ExperienceLibrary
 
-__all__ = ["MultiTurnAgent", "strategies"]
+__all__ = ["HEAVY_CHARS", "MultiTurnAgent", "strategies"]
+
+HEAVY_CHARS = 50_000
+"""Conversations longer than this (in characters) are trimmed off the event loop (``asyncio.to_thread``)."""
 
 
 @cache
@@ -110,28 +120,51 @@ class MultiTurnAgent:
         system = Message(role="system", content="\n\n".join(parts))
         rest = [m for m in conversation if m.role != "system"]
         prompt = [system, *rest]
-        if self._count(prompt) <= self.context_tokens or len(rest) <= 2:
+        if len(rest) <= 2:
             return prompt
-        head, tail = rest[:1], rest[1:]
-        # Drop whole turns from the front: an assistant message and the tool results that answer it go together.
-        while len(tail) > 1:
-            cut = 1
-            while cut < len(tail) and tail[cut].role == "tool":
+        # A prompt of a few budgets' worth of characters is counted whole first (one tokenisation when it fits);
+        # a longer one goes straight to the per-message counts, so every message is tokenised about once.
+        if sum(len(m.content) for m in prompt) <= 8 * self.context_tokens and \
+                self._count(prompt) <= self.context_tokens:
+            return prompt
+        return self._trim(system, rest)
+
+    def _trim(self, system: Message, rest: list[Message]) -> list[Message]:
+        """The smallest whole-turn cut that fits the budget, in linear time (see the module docs)."""
+        meter = _Meter(self, system)
+        costs = [meter.cost(m) for m in rest]
+        head, tail, tail_costs = rest[:1], rest[1:], costs[1:]
+        kept = sum(tail_costs)  # cost of tail[start:]
+        if meter.total(costs[0] + kept) <= self.context_tokens and meter.exact([system, *rest]) <= self.context_tokens:
+            return [system, *rest]
+        start, slack = 0, 0
+        while len(tail) - start > 1:
+            cut = 1  # an assistant message and the tool results that answer it go together
+            while start + cut < len(tail) and tail[start + cut].role == "tool":
                 cut += 1
-            tail = tail[cut:]
-            dropped = len(rest) - 1 - len(tail)
-            note = Message(role="user", content=f"[{dropped} earlier messages omitted]")
-            candidate = [system, *head, note, *tail]
-            if self._count(candidate) <= self.context_tokens:
+            kept -= sum(tail_costs[start:start + cut])
+            start += cut
+            if meter.total(costs[0] + kept) + slack > self.context_tokens:
+                continue
+            note = _note(len(rest) - 1 - (len(tail) - start))
+            estimate = meter.total(costs[0] + meter.cost(note) + kept)
+            if estimate + slack > self.context_tokens:
+                continue
+            candidate = [system, *head, note, *tail[start:]]
+            exact = meter.exact(candidate)
+            if exact <= self.context_tokens:
                 return candidate
-        dropped = len(rest) - 1 - len(tail)
-        return [system, *head, Message(role="user", content=f"[{dropped} earlier messages omitted]"), *tail]
+            slack = max(slack, exact - estimate)  # the template is not additive: demand that much room next time
+        return [system, *head, _note(len(rest) - 1 - (len(tail) - start)), *tail[start:]]
 
     # ------------------------------------------------------------ acting
     async def act(self, conversation: list[Message], tools: list[dict[str, Any]] | None = None, *,
                   sampling: SamplingParams | None = None) -> Completion:
         """One agent turn: the model's completion for the conversation so far."""
-        prompt = self.build_prompt(conversation, tools)
+        if sum(len(m.content) for m in conversation) > HEAVY_CHARS:
+            prompt = await asyncio.to_thread(self.build_prompt, conversation, tools)
+        else:
+            prompt = self.build_prompt(conversation, tools)
         return await self.model.chat(prompt, sampling=sampling or self.sampling,
                                      tools=tools if self.tools_in_template else None)
 
@@ -147,3 +180,38 @@ class MultiTurnAgent:
                 format_tool_call(c.name, c.arguments) for c in completion.tool_calls)
         return text
 
+
+
+def _note(dropped: int) -> Message:
+    return Message(role="user", content=f"[{dropped} earlier messages omitted]")
+
+
+class _Meter:
+    """Token counts of prompts made of one system message and some messages, by adding per-message costs.
+
+    With the model's tokenizer, a message's cost is what it adds to a prompt holding only an empty system
+    message (its chat-template rendering, tokenised once); the system message's cost includes the generation
+    prompt. Without one, the estimate is 4 characters per token, as in ``MultiTurnAgent._count``."""
+
+    def __init__(self, agent: MultiTurnAgent, system: Message) -> None:
+        self.agent = agent
+        model = agent.model
+        self.ids = model.prompt_ids if getattr(model, "tokenizer", None) is not None and \
+            hasattr(model, "prompt_ids") else None
+        self.empty = Message(role="system", content="")
+        if self.ids is not None:
+            self.empty_len = len(self.ids([self.empty]))
+            self.base = len(self.ids([system]))
+        else:
+            self.base = len(system.content) + 16
+
+    def cost(self, m: Message) -> int:
+        if self.ids is None:
+            return len(m.content) + 16
+        return len(self.ids([self.empty, m])) - self.empty_len
+
+    def total(self, costs: int) -> int:
+        return self.base + costs if self.ids is not None else (self.base + costs) // 4
+
+    def exact(self, prompt: list[Message]) -> int:
+        return self.agent._count(prompt)

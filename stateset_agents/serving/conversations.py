@@ -107,6 +107,21 @@ def _store(request: Request) -> ConversationStore:
     return request.app.state.service.conversations
 
 
+def _fitted_prompt(model: Any, agent: MultiTurnAgent, conversation: list[Message]) -> list[Message]:
+    """The agent's prompt (its context budget applied; in a worker thread, off the event loop), or 400 when even
+    the condensed prompt does not fit the model's positions (the first and the newest messages are always kept)."""
+    prompt = agent.build_prompt(conversation)
+    limit = getattr(getattr(getattr(model, "model", None), "config", None), "max_position_embeddings", None)
+    if limit and hasattr(model, "prompt_ids"):
+        n = len(model.prompt_ids(prompt))
+        if n + agent.sampling.max_new_tokens > limit:
+            raise APIError(400, f"field 'content': after condensing older turns the prompt has {n} tokens and "
+                                f"max_tokens is {agent.sampling.max_new_tokens}, more than the model's {limit} "
+                                "positions (the first and the newest messages are always kept); send a shorter "
+                                "message or start a new conversation", param="content")
+    return prompt
+
+
 @router.post("/api/conversations", status_code=201)
 async def create_conversation(request: Request, body: NewConversation) -> dict[str, Any]:
     service = request.app.state.service
@@ -161,8 +176,9 @@ async def post_message(request: Request, conversation_id: str, body: UserTurn) -
                                sampling=SamplingParams(temperature=s["temperature"], max_new_tokens=s["max_tokens"]))
         history = [Message.model_validate(m) for m in conv["messages"]]
         user = Message(role="user", content=body.content)
+        prompt = await asyncio.to_thread(_fitted_prompt, service.model, agent, [*history, user])
         async with service.generation_slot(1):
-            completion = await agent.act([*history, user])
+            completion = await service.model.chat(prompt, sampling=agent.sampling)
         reply = Message(role="assistant", content=reply_content(completion), tool_calls=completion.tool_calls or None)
         await asyncio.to_thread(store.append, conversation_id, [user, reply])
     return {"conversation_id": conversation_id, "reply": reply.model_dump(mode="json", exclude_none=True),
