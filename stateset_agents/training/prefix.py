@@ -1,8 +1,10 @@
 """Shared-prefix forward: samples whose prompts start with the same tokens run that prefix through the decoder once.
 
-Every prompt of a pack starts with the same system message (strategy, instructions, tools: several hundred tokens),
-and the ``group_size`` episodes of a scenario share their whole first prompt. The plain forward computes that
-prefix once per sample. Here the longest common prefix of a micro-batch runs once (with gradients); its per-layer
+Every prompt of a pack starts with the same system message (strategy, instructions, tools: several hundred tokens).
+The episodes of a group do not, in general, share more than that: each draws its user's opening line from the
+scenario's ``opening`` list (with its own seed), so their first prompts differ from the user's first message on
+when the scenario has several openings (and agree entirely only when it has one). The plain forward computes the
+common prefix once per sample. Here the longest common prefix of a micro-batch runs once (with gradients); its per-layer
 keys and values are shared by every sample's tail (the rest of its prompt, then its completion), which runs as a
 continuation with the prefix as its KV cache. Causal attention makes every hidden state identical to the plain
 forward's, and autograd sums the tails' gradients through the shared keys and values, so the loss and its

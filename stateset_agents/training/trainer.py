@@ -597,8 +597,9 @@ class GRPOTrainer:
 
     def _micro_batches(self, samples: list[Sample], share: bool = False) -> list[list[Sample]]:
         """Micro-batches of at most ``micro_batch_size`` samples. With ``share``, samples are ordered by their
-        prompt tokens, so each micro-batch holds prompts with the longest common prefixes (identical first prompts
-        of a group, then the pack's system message shared by all; see training/prefix.py); else by length."""
+        prompt tokens, so each micro-batch holds prompts with the longest common prefixes (the pack's system
+        message shared by all, more where episodes drew the same opening line; see training/prefix.py); else by
+        length."""
         m = self.config.micro_batch_size
         key = (lambda s: s.input_ids[:s.completion_start]) if share else (lambda s: len(s.input_ids))
         ordered = sorted(samples, key=lambda s: (key(s), s.traj_index, s.turn_index))  # ties: a fixed order

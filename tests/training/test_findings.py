@@ -327,3 +327,29 @@ async def test_rollout_names_each_failure(tiny_model_path, tmp_path):
     assert (t.failure, t.completions) == ("context_overflow", [])
     assert "context_overflow" in AGENT_FAILURES and "user_simulator" not in AGENT_FAILURES
     model.close()
+
+
+# ---------------------------------------------------------------- 11: what a group's prompts share
+async def test_a_groups_episodes_draw_their_own_opening_line(tiny_model, tmp_path):
+    """Each episode draws its user's opening line (``np_random`` seeded per episode), so a group's first prompts
+    differ when the scenario has several openings; what every prompt of a pack shares is the system message, and
+    that is what the shared-prefix forward saves. training/prefix.py says so (it used to claim that a group's
+    episodes share their whole first prompt)."""
+    from stateset_agents.agents import MultiTurnAgent
+    from stateset_agents.models.base import SamplingParams
+    from stateset_agents.rollout import rollout
+    from stateset_agents.training import prefix
+    from stateset_agents.training.batch import samples_from_trajectories
+    from stateset_agents.training.build import make_env_factory
+
+    agent = MultiTurnAgent(tiny_model, sampling=SamplingParams(temperature=1.0, max_new_tokens=4))
+    [g] = await rollout(agent, make_env_factory("customer_service", max_turns=2), ["cs-account-unlock-030"], 6,
+                        progress=False)
+    openings = {t.messages[1].content for t in g.trajectories}
+    assert len(openings) == 2  # both of the scenario's opening lines were drawn
+    first = [s for s in samples_from_trajectories(g.trajectories) if s.turn_index == 0]
+    shared = prefix.common_prefix_len(first)
+    assert shared >= prefix.MIN_SHARED_PREFIX and all(shared < s.completion_start for s in first)
+    system = tiny_model.tokenizer.decode(first[0].input_ids[:shared])
+    assert "<|im_start|>system" in system and not any(o in system for o in openings)
+    assert "share their whole first prompt" not in prefix.__doc__
