@@ -171,6 +171,9 @@ def format_validation_error(e: ValidationError, source: str) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown field {loc!r}: remove it or check its spelling")
+        elif not err["loc"] or isinstance(err.get("input"), dict):  # a cross-field check: its message says it all
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(msg if not err["loc"] else f"field {loc!r}: {msg}")
         else:
             parts.append(f"field {loc!r}: {err['msg']} (got {err.get('input')!r})")
     return f"{source}: " + "; ".join(parts)
