@@ -211,10 +211,11 @@ def test_two_processes_match_one_process(one_process_run, tiny_model_path, tmp_p
     moved = max_abs_diff(w1, {k: v for k, v in _initial_weights(tiny_model_path).items() if k in w1})
     diff = max_abs_diff(w1, w2)
     # Tolerance: 3 AdamW steps at lr 1e-2 move weights by up to ~3e-2; the 1- and 2-process runs differ only by
-    # fp32 summation order (micro-batch shapes, the all-reduce), which Adam's normalisation can amplify to ~1e-5
-    # for weights whose gradients are tiny. Measured: about 1e-5.
+    # fp32 summation order (micro-batch shapes, the all-reduce), which Adam's normalisation can amplify for
+    # weights whose gradients are tiny. Measured: about 1e-5 with 1-turn toy episodes; 1.0e-4 once the toy pack's
+    # episodes ran 2 turns (cc8ef59), 1.7e-4 once updates take whole groups in a shuffled order (08ed7c3).
     assert moved > 1e-2
-    assert diff < 1e-4, f"1 vs 2 processes differ by {diff}"
+    assert diff < 5e-4, f"1 vs 2 processes differ by {diff}"
 
     state = trainer_state(two)
     assert state["world_size"] == 2 and len(state["replicas"]) == 2
