@@ -56,14 +56,15 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str]:
     """One message naming each bad field (and the first field, for ``param``)."""
     parts, first = [], None
     for err in errors[:5]:
-        field = _loc(err.get("loc", ()))
+        # a body that is not JSON has the character position as its location: it names no field
+        field = "(body)" if err.get("type") == "json_invalid" else _loc(err.get("loc", ()))
         first = first or field
         if err.get("type") == "extra_forbidden":
             parts.append(f"unknown field {field!r}: remove it or check its spelling")
         elif err.get("type") == "missing":
             parts.append(f"field {field!r} is required")
         elif err.get("type") == "json_invalid":
-            parts.append(f"the body is not valid JSON: {err.get('msg')}")
+            parts.append(f"the request body is not valid JSON ({err.get('msg')}); send a JSON object")
         else:
             value = err.get("input")
             shown = repr(value)
@@ -84,12 +85,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        message = str(e.detail)
-        if e.status_code == 404 and message == "Not Found":
+        message, param = str(e.detail), None
+        if e.status_code == 400 and message == "There was an error parsing the body":  # e.g. not UTF-8
+            message, param = "the request body cannot be parsed (not UTF-8 JSON); send a JSON object", "(body)"
+        elif e.status_code == 404 and message == "Not Found":
             message = f"no endpoint {request.method} {request.url.path}; see GET /docs for the endpoints"
         elif e.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        return _response(e.status_code, message, headers=dict(e.headers or {}))
+        return _response(e.status_code, message, param, headers=dict(e.headers or {}))
 
     @app.exception_handler(ConfigError)
     async def _config(request: Request, e: ConfigError) -> JSONResponse:
