@@ -34,6 +34,9 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
+_MARK = {"marker": "o", "markersize": 3}  # a run of one step still shows its points
+
+
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for r in rows:
@@ -73,13 +76,13 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     ax = axes[0]
     xs, ys = _series(rows, "reward")
     _, sd = _series(rows, "reward_std")
-    ax.plot(xs, ys, label="reward (mean)", color="black")
+    ax.plot(xs, ys, label="reward (mean)", color="black", **_MARK)
     if len(sd) == len(ys):
         ax.fill_between(xs, [y - s for y, s in zip(ys, sd, strict=True)],
                         [y + s for y, s in zip(ys, sd, strict=True)], alpha=0.15, color="black")
     xs, ys = _series(rows, "success_rate")
     if ys:
-        ax.plot(xs, ys, label="success rate", color="tab:green")
+        ax.plot(xs, ys, label="success rate", color="tab:green", **_MARK)
     ax.set_title("reward")
     ax.set_xlabel("step")
     ax.legend(fontsize=8)
@@ -87,7 +90,7 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     for c in comps:
         xs, ys = _series(rows, c)
         if ys:
-            ax.plot(xs, ys, label=c.split("/", 1)[1])
+            ax.plot(xs, ys, label=c.split("/", 1)[1], **_MARK)
     ax.set_title("reward components (means)")
     ax.set_xlabel("step")
     if ax.get_legend_handles_labels()[0]:
@@ -96,13 +99,22 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     for key in ("kl", "clip_fraction", "entropy", "grad_norm"):
         xs, ys = _series(rows, key)
         if ys:
-            ax.plot(xs, ys, label=key)
+            ax.plot(xs, ys, label=key, **_MARK)
     ax.set_title("optimisation")
     ax.set_xlabel("step")
     if ax.get_legend_handles_labels()[0]:  # a Training-Free run logs none of these
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no weight updates in this run", ha="center", va="center", transform=ax.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
+    steps = [r["step"] for r in rows]
+    for ax in axes:
+        ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
+        if max(steps) - min(steps) < 10:  # steps are whole numbers; MaxNLocator falls back to fractions here
+            ax.set_xticks(range(min(steps), max(steps) + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 

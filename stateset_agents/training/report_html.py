@@ -260,7 +260,7 @@ def build_html(run_dir: str | os.PathLike[str]) -> str:
     header, body = summary_rows(rows)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(run.name)} · stateset-agents'
             f"</title><style>{_CSS}</style></head><body><h1>Run {_e(run.name)}</h1>"
-            f'<div class="sub">{_subtitle(run)} · {len(rows)} steps</div>'
+            f'<div class="sub">{_subtitle(run)} · {len(rows)} step{"s" if len(rows) != 1 else ""} logged</div>'
             f'<h2>Training curves</h2><div class="figure">{_svg(rows)}</div>'
             f"<h2>Steps</h2>{_table(header, [[_e(c) for c in r] for r in body])}"
             f'<h2>Before / after</h2>{_before_after(run)}<h2 id="transcripts">Evaluation transcripts</h2>'
