@@ -300,3 +300,26 @@ def test_no_cors_unless_configured(tmp_path, tiny_model):
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
         r = c.options("/v1/chat/completions", headers={**preflight, "Origin": "https://other.example"})
         assert "access-control-allow-origin" not in r.headers
+
+
+def test_an_allowed_learner_endpoint_passes_its_key_variable_only(sec_env, tmp_path):
+    from stateset_agents.serving.egress import EndpointPolicy
+    from stateset_agents.serving.job_config import validate_job
+
+    root, config, base = sec_env
+    policy = EndpointPolicy(["http://127.0.0.1:9/v1 LEARNER_KEY"])
+    learner = {"base_url": "http://127.0.0.1:9/v1/", "model": "x", "api_key_env": "LEARNER_KEY"}
+    job = validate_job({**base, "algorithm": "training_free", "learner": learner}, {}, tmp_path / "run",
+                       [config.runs_dir, *config.allowed_dirs], policy)
+    assert job.key_vars == ["LEARNER_KEY"] and job.config.learner.base_url == "http://127.0.0.1:9/v1/"
+    assert job.reward_preset is not None and job.config.reward == str(root / "allowed" / "reward.yaml")
+    plain = validate_job(base, {}, tmp_path / "run", [config.runs_dir, *config.allowed_dirs], policy)
+    assert plain.key_vars == []
+
+
+@pytest.mark.parametrize("body", [b"\x00", b"hD\x97", b"{", b"[1, 2"])
+def test_a_body_that_is_not_json_names_the_body(client, body):
+    for path in ("/v1/chat/completions", "/api/conversations", "/api/jobs"):
+        r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (path, body, r.text)
+        assert r.json()["error"]["param"] == "(body)" and "body" in r.json()["error"]["message"]
