@@ -42,8 +42,14 @@ When the head stands in for the teacher (``mode``):
 - ``"teacher"``: never; always calls the teacher (learning only).
 - ``"auto"`` (the default with a teacher): calls the teacher until the held-out Spearman, over at least
   ``min_holdout`` held-out examples, reaches ``stand_in_spearman``; from then on it scores with the head alone
-  (components ``{"neural": x}``) and stops calling the teacher, so the held-out figure is frozen. Set
-  ``reward.mode = "teacher"`` to go back.
+  (components ``{"neural": x}``), except on a fraction ``audit_fraction`` of groups (default 0.1: every 10th),
+  which the teacher scores as before (its values returned, the head's prediction beside them, new examples).
+  When the Spearman of those predictions against the teacher over the last ``audit_window`` audited pairs (at
+  least ``min(min_holdout, audit_window)`` of them) falls below ``stand_in_spearman``, the head has drifted
+  (the policy's replies moved where it was not trained): it falls back to the teacher, the held-out slice starts
+  afresh, and it stands in again only once the Spearman on new held-out examples qualifies
+  (:attr:`NeuralRewardStats.fallbacks`, ``audit_spearman``). ``audit_fraction=0`` never re-checks. Set
+  ``reward.mode = "teacher"`` to go back by hand.
 - ``"neural"`` (the default without a teacher): always the head; scoring with an untrained head is an error.
 
 The code is split by job: ``neural_model.py`` (features, head, offline training, predictions),
@@ -61,6 +67,7 @@ corrupt or does not match the other.
 from __future__ import annotations
 
 import os
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +133,5 @@ class NeuralReward(Persistence, OnlineImitation, NeuralModel):
         self._seen = 0
         self._pending = 0
         self._stats = NeuralRewardStats()
+        self._audit_pairs: deque[tuple[float, float]] = deque(maxlen=self.config.audit_window)
+        self._standing_calls = 0

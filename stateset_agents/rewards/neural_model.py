@@ -51,6 +51,10 @@ class NeuralRewardConfig(BaseModel):
     """Mode ``auto``: the held-out Spearman at which the head stands in for the teacher."""
     min_holdout: int = Field(default=32, ge=3)
     """Mode ``auto``: the fewest held-out examples the Spearman must be measured on before standing in."""
+    audit_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Mode ``auto``, standing in: the fraction of groups the teacher also scores, to re-check the head (0: none)."""
+    audit_window: int = Field(default=64, ge=3)
+    """Mode ``auto``: the most recent audited (head, teacher) pairs whose Spearman decides a fall-back."""
     seed: int = 0
     """Seeds the head's initialisation and minibatch order."""
 

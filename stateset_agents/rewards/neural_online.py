@@ -42,6 +42,13 @@ class NeuralRewardStats(BaseModel):
     holdout_spearman: float | None = None
     """Spearman between head and teacher on the held-out slice after the last update (None: not measurable yet)."""
     standing_in: bool = False
+    audits: int = 0
+    """Groups scored by the teacher while the head stood in, to check it (mode ``auto``)."""
+    audit_spearman: float | None = None
+    """Spearman of the head's predictions (made before it saw each audited group) against the teacher's values,
+    over the most recent ``audit_window`` audited pairs (None: fewer than ``min(min_holdout, audit_window)``)."""
+    fallbacks: int = 0
+    """Times the audits found the head had drifted and the teacher took over again."""
 
 
 class ReplayBuffer:
@@ -114,7 +121,15 @@ class OnlineImitation:
                 f"{s.skipped} skipped), buffer {s.buffer_size}/{self.config.buffer_size}, held out "
                 f"{s.holdout_size}, {s.updates} updates ({s.gradient_steps} steps, last loss "
                 f"{'n/a' if s.last_loss is None else f'{s.last_loss:.4f}'}), held-out Spearman {rho}; "
-                f"scoring with the {who}")
+                f"{self._audit_report()}scoring with the {who}")
+
+    def _audit_report(self) -> str:
+        s = self._stats
+        if not s.audits and not s.fallbacks:
+            return ""
+        rho = "n/a" if s.audit_spearman is None else f"{s.audit_spearman:.3f}"
+        fell = f", fell back to the teacher {s.fallbacks} time(s)" if s.fallbacks else ""
+        return f"{s.audits} audits (Spearman {rho}){fell}; "
 
     def add_example(self, features: Any, target: float) -> None:
         """Put one example in the held-out slice or the replay buffer (deterministic ``holdout_fraction`` split)."""
@@ -148,9 +163,50 @@ class OnlineImitation:
             return None
 
     async def score(self, group: TrajectoryGroup) -> list[RewardResult]:
-        if self.standing_in:
-            return self._score_with_head(group)
-        return await self._score_with_teacher(group)
+        if not self.standing_in:
+            return await self._score_with_teacher(group)
+        if self.mode == "auto" and self._audit_due():
+            return await self._audit(group)
+        return self._score_with_head(group)
+
+    def _audit_due(self) -> bool:
+        """Whether this standing-in group is audited: group ``k`` (counted from 1 since standing in) is when
+        ``floor(k * audit_fraction)`` increases, so 0.1 audits groups 10, 20, ..."""
+        f = self.config.audit_fraction
+        self._standing_calls += 1
+        k = self._standing_calls
+        return math.floor(k * f) > math.floor((k - 1) * f)
+
+    async def _audit(self, group: TrajectoryGroup) -> list[RewardResult]:
+        """Score ``group`` with the teacher (its values are returned and become examples, as before standing in);
+        compare them with the head's predictions, and fall back to the teacher when their Spearman over the
+        recent audits is below ``stand_in_spearman``."""
+        results = await self._score_with_teacher(group)
+        self._stats.audits += 1
+        for r in results:
+            head, teacher = r.components.get("neural"), r.components.get("teacher")
+            if head is not None and teacher is not None and math.isfinite(head) and math.isfinite(teacher):
+                self._audit_pairs.append((head, teacher))
+        if len(self._audit_pairs) >= min(self.config.min_holdout, self.config.audit_window):
+            try:
+                rho = spearman([h for h, _ in self._audit_pairs], [t for _, t in self._audit_pairs])
+            except ConfigError:  # constant predictions or targets: not measurable, not a drift
+                rho = None
+            self._stats.audit_spearman = rho
+            if rho is not None and rho < self.config.stand_in_spearman:
+                self._fall_back()
+        return results
+
+    def _fall_back(self) -> None:
+        """The head drifted from the teacher: the teacher scores again, and the head qualifies again only on a
+        fresh held-out slice (examples of the trajectories it drifted on), not on the old one it still fits."""
+        self._stats.fallbacks += 1
+        evicted = self.holdout.evicted
+        self.holdout = ReplayBuffer(self.config.holdout_size)
+        self.holdout.evicted = evicted
+        self._stats.holdout_spearman = None
+        self._audit_pairs.clear()
+        self._standing_calls = 0
 
     def _score_with_head(self, group: TrajectoryGroup) -> list[RewardResult]:
         import torch
