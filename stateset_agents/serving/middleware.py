@@ -57,8 +57,9 @@ class HostCheckMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         names = self._names(scope) if scope["type"] in ("http", "websocket") else None
-        host = next((v for k, v in scope.get("headers", []) if k == b"host"), b"").decode("latin-1").lower()
-        if names is None or self._ok(host, names):
+        hosts = [v.decode("latin-1").lower() for k, v in scope.get("headers", []) if k == b"host"]
+        host = hosts[0] if len(hosts) == 1 else ", ".join(hosts)  # none, or several: refused
+        if names is None or (len(hosts) == 1 and self._ok(host, names)):
             await self.app(scope, receive, send)
             return
         message = (f"Host header {host!r} is not a name this server answers to ({', '.join(sorted(names))}); "

@@ -323,3 +323,26 @@ def test_a_body_that_is_not_json_names_the_body(client, body):
         r = client.post(path, content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400, (path, body, r.text)
         assert r.json()["error"]["param"] == "(body)" and "body" in r.json()["error"]["message"]
+
+
+def test_a_websocket_or_a_second_host_header_from_a_rebinding_page_is_refused(tmp_path, tiny_model):
+    import socket
+
+    config = make_config(tmp_path, api_key=None)
+    with ServerThread(config, model=tiny_model) as s:
+        for extra in (b"Host: rebind.attacker.example\r\n", b""):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+                sock.sendall(b"GET /ws/jobs/job_x HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % s.port + extra +
+                             b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://rebind.attacker.example\r\n"
+                             b"\r\n")
+                status = sock.recv(4096).split(b"\r\n", 1)[0]
+            if extra:  # two Host headers: refused (HTTP 403 for a refused handshake, or the parser's 400)
+                assert status.split()[1] in (b"400", b"403"), status
+            else:  # the loopback name alone: the handshake is accepted
+                assert status.split()[1] == b"101", status
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+            sock.sendall(b"GET /ws/jobs/job_x HTTP/1.1\r\nHost: rebind.attacker.example\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            assert sock.recv(4096).split(b"\r\n", 1)[0].split()[1] == b"403"
