@@ -48,7 +48,10 @@ When the head stands in for the teacher (``mode``):
   least ``min(min_holdout, audit_window)`` of them) falls below ``stand_in_spearman``, the head has drifted
   (the policy's replies moved where it was not trained): it falls back to the teacher, the held-out slice starts
   afresh, and it stands in again only once the Spearman on new held-out examples qualifies
-  (:attr:`NeuralRewardStats.fallbacks`, ``audit_spearman``). ``audit_fraction=0`` never re-checks. Set
+  (:attr:`NeuralRewardStats.fallbacks`, ``audit_spearman``). It falls back too when those pairs' mean
+  ``|head - teacher|`` exceeds ``audit_max_error`` standard deviations of the targets (``audit_error``): a policy
+  that found replies the head over-scores can drive the teacher's values to all-equal, where the Spearman is
+  undefined. ``audit_fraction=0`` never re-checks. Set
   ``reward.mode = "teacher"`` to go back by hand.
 - ``"neural"`` (the default without a teacher): always the head; scoring with an untrained head is an error.
 

@@ -55,6 +55,8 @@ class NeuralRewardConfig(BaseModel):
     """Mode ``auto``, standing in: the fraction of groups the teacher also scores, to re-check the head (0: none)."""
     audit_window: int = Field(default=64, ge=3)
     """Mode ``auto``: the most recent audited (head, teacher) pairs whose Spearman decides a fall-back."""
+    audit_max_error: float = Field(default=1.0, gt=0)
+    """Mode ``auto``: fall back also when those pairs' mean ``|head - teacher|`` exceeds this many target stds."""
     seed: int = 0
     """Seeds the head's initialisation and minibatch order."""
 

@@ -47,6 +47,8 @@ class NeuralRewardStats(BaseModel):
     audit_spearman: float | None = None
     """Spearman of the head's predictions (made before it saw each audited group) against the teacher's values,
     over the most recent ``audit_window`` audited pairs (None: fewer than ``min(min_holdout, audit_window)``)."""
+    audit_error: float | None = None
+    """Mean ``|head - teacher|`` over the same pairs, in standard deviations of the head's regression targets."""
     fallbacks: int = 0
     """Times the audits found the head had drifted and the teacher took over again."""
 
@@ -128,8 +130,9 @@ class OnlineImitation:
         if not s.audits and not s.fallbacks:
             return ""
         rho = "n/a" if s.audit_spearman is None else f"{s.audit_spearman:.3f}"
+        err = "n/a" if s.audit_error is None else f"{s.audit_error:.2f} std"
         fell = f", fell back to the teacher {s.fallbacks} time(s)" if s.fallbacks else ""
-        return f"{s.audits} audits (Spearman {rho}){fell}; "
+        return f"{s.audits} audits (Spearman {rho}, error {err}){fell}; "
 
     def add_example(self, features: Any, target: float) -> None:
         """Put one example in the held-out slice or the replay buffer (deterministic ``holdout_fraction`` split)."""
@@ -188,12 +191,16 @@ class OnlineImitation:
             if head is not None and teacher is not None and math.isfinite(head) and math.isfinite(teacher):
                 self._audit_pairs.append((head, teacher))
         if len(self._audit_pairs) >= min(self.config.min_holdout, self.config.audit_window):
+            heads, teachers = [h for h, _ in self._audit_pairs], [t for _, t in self._audit_pairs]
             try:
-                rho = spearman([h for h, _ in self._audit_pairs], [t for _, t in self._audit_pairs])
-            except ConfigError:  # constant predictions or targets: not measurable, not a drift
+                rho = spearman(heads, teachers)
+            except ConfigError:  # constant predictions or values: no ranking to compare (the error still counts)
                 rho = None
-            self._stats.audit_spearman = rho
-            if rho is not None and rho < self.config.stand_in_spearman:
+            # a policy that found replies the head over-scores can make the teacher's values all equal (all 0),
+            # which leaves the Spearman undefined: the error in target standard deviations catches that
+            err = sum(abs(h - t) for h, t in self._audit_pairs) / len(heads) / float(self._head.target_std)
+            self._stats.audit_spearman, self._stats.audit_error = rho, err
+            if (rho is not None and rho < self.config.stand_in_spearman) or err > self.config.audit_max_error:
                 self._fall_back()
         return results
 

@@ -90,3 +90,23 @@ async def test_no_audits_keeps_the_old_behaviour():
 def test_audit_fraction_is_checked():
     with pytest.raises(ConfigError, match="audit_fraction: Input should be less than or equal to 1"):
         fast(teacher=Teacher(), audit_fraction=1.5)
+
+
+async def test_a_policy_that_games_the_standing_in_head_is_caught():
+    """The adversary: once the head stands in, reply with words it never saw, keeping the 10 of 100 candidates
+    it scores highest. The head gives them about 3.5 (the teacher's scale: 0-5 'refunded'), the teacher 0 each;
+    with all-equal teacher values the Spearman is undefined, so the error check is what falls back."""
+    nr, teacher, rng = await standing_in(audit_fraction=0.2)
+    gamed = []
+    for _ in range(10):
+        candidates = [traj(" ".join(f"w{rng.randrange(10**6)}" for _ in range(8))) for _ in range(100)]
+        best = [c for _, c in sorted(zip(nr.predict(candidates), candidates, strict=True), key=lambda x: -x[0])]
+        results = await nr.score(group(best[:10]))
+        gamed += [r.value for r in results if "teacher" not in r.components]
+        if not nr.standing_in:
+            break
+    assert not nr.standing_in and nr.stats.fallbacks == 1, nr.report()
+    assert nr.stats.audit_spearman is None and nr.stats.audit_error > 1.0
+    assert min(gamed) > 1.0  # what the head paid the adversary before the audit caught it
+    results = await nr.score(group(best[10:20]))
+    assert [r.value for r in results] == [0.0] * 10  # the teacher again
