@@ -346,3 +346,20 @@ def test_a_websocket_or_a_second_host_header_from_a_rebinding_page_is_refused(tm
                          b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
             assert sock.recv(4096).split(b"\r\n", 1)[0].split()[1] == b"403"
+
+
+def test_an_env_pack_naming_a_user_model_endpoint_is_refused(sec_env, tiny_model):
+    import shutil
+
+    root, config, base = sec_env
+    pack = root / "allowed" / "llm_user_pack"
+    if not pack.exists():
+        shutil.copytree(TOY, pack)
+        text = (pack / "pack.yaml").read_text()
+        (pack / "pack.yaml").write_text(text + "\nuser_simulator: {kind: llm, model: {base_url: "
+                                               "'http://attacker.invalid/v1', model: u}}\n")
+    with ServerThread(config, model=tiny_model) as s, httpx.Client(base_url=s.url, headers=AUTH) as c:
+        r = _post_job(c, {"config": {**base, "env": str(pack)}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "config.env", r.text
+        assert "user_simulator.model.base_url" in r.json()["error"]["message"]
+        assert "--allow-endpoint" in r.json()["error"]["message"]
