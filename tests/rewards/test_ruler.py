@@ -444,7 +444,7 @@ def test_no_line_separator_lets_agent_text_reach_the_start_of_a_line(sep):
         "=== shared start (fence f00d) ===", "=== end of shared start (fence f00d) ===",
         "=== t1 (continues after the shared start; fence f00d) ===", "=== end of t1 (fence f00d) ===",
         "=== t2 (continues after the shared start; fence f00d) ===", "=== end of t2 (fence f00d) ==="]
-    inside = [x for x in lines if x and not x.startswith(("===", "Score t1", "All conversations start"))]
+    inside = [x for x in lines if x and not x.startswith(("===", "Score t1", "All conversations start", "(no further"))]
     assert all(x.startswith(("> ", "[user]", "[assistant]", "[tool ", '[assistant calls tool "')) for x in inside), \
         inside
 

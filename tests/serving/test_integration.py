@@ -60,8 +60,8 @@ async def test_agent_user_and_ruler_judge_through_the_server(server, client, tin
         assert _chat_requests(client) - before == sent  # every call was answered by the server, none retried
 
         # RULER with the served model as judge: malformed verdicts -> error carried, value None, retries made.
-        # (A short group: the judge prompt of the rollout above would not fit the tiny model's 2048 positions.)
-        ruler = RulerReward(judge, rubric="customer_service", max_retries=1,
+        # (A short group and a one-line rubric: a longer judge prompt would not fit the tiny model's 2048 positions.)
+        ruler = RulerReward(judge, rubric="Score how helpful the agent is.", max_retries=1,
                             sampling=SamplingParams(temperature=0, max_new_tokens=32))
         short = TrajectoryGroup(scenario_id="s", trajectories=[
             Trajectory(scenario_id="s", messages=[Message(role="user", content="Where is ORD-1042?"),
@@ -70,7 +70,8 @@ async def test_agent_user_and_ruler_judge_through_the_server(server, client, tin
         before = _chat_requests(client)
         results = await ruler.score(short)
         assert [r.value for r in results] == [None, None]
-        assert all(r.error and "RULER judge gave no valid judgement in 2 attempts" in r.error for r in results)
+        assert all(r.error and "RULER judge gave no valid judgement in 2 attempts" in r.error for r in results), \
+            [r.error for r in results]
         assert ruler.stats["calls"] == 2 and ruler.stats["retries"] == 1 and ruler.stats["failures"] == 1
         assert judge.stats["requests"] == 2 and _chat_requests(client) - before == 2
     finally:
