@@ -70,12 +70,20 @@ def peak_rss_mb() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def _plain(o: Any) -> Any:
+    """numpy scalars (as a scheduler's state may hold) as JSON numbers."""
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
 Writer = Callable[[Path], dict[str, Any]]
 """Writes the algorithm's files into a checkpoint folder; returns its JSON state (for ``trainer_state.json``)."""
 
 
 class Algorithm(Protocol):
-    """What an algorithm hands the loop. ``step`` is the number of completed steps (the loop advances it)."""
+    """What an algorithm hands the loop. ``step`` is the number of completed steps (``astep`` advances it, so a
+    caller can also drive the steps by hand)."""
 
     name: str
     """Shown in the display and recorded as the checkpoint's format (``stateset_agents.<name>``)."""
@@ -91,7 +99,7 @@ class Algorithm(Protocol):
     # ``total_steps`` there)
 
     async def astep(self) -> dict[str, Any]:
-        """Run step ``self.step`` (0-based); return its metrics (numbers, None, or short strings)."""
+        """Run step ``self.step`` (0-based), advance ``self.step``; return its metrics (numbers, None, short strings)."""
         ...
 
     async def evaluate(self, tag: str) -> dict[str, Any] | None:
@@ -151,7 +159,7 @@ class RunLoop:
                 evals["before"] = await algo.evaluate("before")
             with self._display() as live:
                 while algo.step < algo.total_steps:
-                    metrics = await self._one_step()
+                    metrics = await self.one_step()
                     if live is not None:
                         live.update(self._task, advance=1, info=algo.short(metrics))
                     more = algo.step < algo.total_steps
@@ -167,10 +175,10 @@ class RunLoop:
         return {"steps": algo.step, "run_dir": str(self.run_dir), "last": self.history[-1] if self.history else {},
                 "evals": evals}
 
-    async def _one_step(self) -> dict[str, Any]:
+    async def one_step(self) -> dict[str, Any]:
+        """Run the algorithm's next step and log its metrics (what :meth:`arun` does per step)."""
         t0 = time.perf_counter()
-        metrics = await self.algo.astep()
-        self.algo.step += 1
+        metrics = await self.algo.astep()  # runs step ``algo.step`` and advances it
         row = {"step": self.algo.step, "time": time.time(), **metrics}
         row.setdefault("time/total", time.perf_counter() - t0)
         row["peak_rss_mb"] = peak_rss_mb()
@@ -203,7 +211,7 @@ class RunLoop:
             (tmp / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
             state = {**own, "step": step, "rng": rm, "format": self.format, "version": CHECKPOINT_VERSION,
                      "world_size": self.dist.world_size}
-            (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
+            (tmp / "trainer_state.json").write_text(json.dumps(state, default=_plain), encoding="utf-8")
 
         save_atomically(dest, write)
         olds = sorted((p for p in dest.parent.iterdir() if p.is_dir() and p.name.startswith("step-")

@@ -30,6 +30,7 @@ from ..types import SamplingParams
 from .batch import Sample, collate
 from .checkpoint import latest_checkpoint, load_optimizer, optimizer_tensors
 from .dist import DistContext
+from .model_checks import refuse_rescaled_logits
 from .prefix import (
     MIN_SHARED_PREFIX,
     PrefixBatch,
@@ -87,8 +88,6 @@ class Policy:
         if not config.use_lora:
             for p in base.parameters():
                 p.requires_grad_(True)
-        from .trainer import refuse_rescaled_logits  # moves here with the GRPO port
-
         refuse_rescaled_logits(self.causal_lm)
         if config.gradient_checkpointing:
             self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -173,8 +173,9 @@ class SFTTrainer:
         policy.model.eval()
         policy.after_update()
         nll_all = self.dist.all_reduce_sum([nll])[0]
+        self.step += 1
         return {"loss": nll_all / max(total_tokens, 1.0), "tokens": int(total_tokens), "samples": len(mine),
-                "grad_norm": grad_norm, "lr": lr, "epoch": self.step // self.steps_per_epoch + 1,
+                "grad_norm": grad_norm, "lr": lr, "epoch": (self.step - 1) // self.steps_per_epoch + 1,
                 "demonstrations": self.demo_stats.get("kept"), "time/update": time.perf_counter() - t0}
 
     # ------------------------------------------------------------------ evaluation and checkpoints

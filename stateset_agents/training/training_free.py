@@ -207,6 +207,7 @@ class TrainingFreeGRPO:
         with open(self.run_dir / "learner.jsonl", "a", encoding="utf-8") as f:
             f.writelines(json.dumps(x) + "\n" for x in lines)
 
+        self.step += 1
         return self._metrics(step, groups, kept, proposals, applied, dropped, consolidation_error, stats0, {
             "rollout": t_rollout, "score": t_score, "learner": t_learner, "apply": t_apply, "save": t_save,
             "total": time.perf_counter() - t0})

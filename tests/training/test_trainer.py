@@ -18,6 +18,7 @@ from stateset_agents.rollout import rollout
 from stateset_agents.training import GRPOConfig, load_config
 from stateset_agents.training.batch import collate, samples_from_trajectories
 from stateset_agents.training.build import build_trainer, make_env_factory
+from stateset_agents.training.loop import RunLoop
 from stateset_agents.training.trainer import GRPOTrainer
 
 TOY = str(Path(__file__).parent / "toy_pack")
@@ -226,9 +227,10 @@ def test_resume_continues_exactly(tiny_model_path, tmp_path, use_lora):
     straight = make_trainer(tiny_model_path, tmp_path / "a", CharCount(), **kw)
     straight.train()
     first = make_trainer(tiny_model_path, tmp_path / "b", CharCount(), **kw)
-    asyncio.run(first.astep())
-    asyncio.run(first.astep())
-    first.save_checkpoint()  # the run is stopped here (as if killed after its step-2 checkpoint)
+    loop = RunLoop(first)
+    asyncio.run(loop.one_step())
+    asyncio.run(loop.one_step())
+    loop.save_checkpoint()  # the run is stopped here (as if killed after its step-2 checkpoint)
     second = make_trainer(tiny_model_path, tmp_path / "b", CharCount(), **kw)
     second.train(resume=True)
     assert second.step == 4
@@ -258,9 +260,9 @@ def test_crash_during_checkpoint_leaves_the_previous_one(tiny_model_path, tmp_pa
 
     def boom(*a, **k):
         raise OSError("disk full")
-    import stateset_agents.training.trainer as tmod
+    import stateset_agents.training.loop as loop_module  # the run loop writes every algorithm's checkpoints
 
-    monkeypatch.setattr(tmod, "rng_tensors", boom)
+    monkeypatch.setattr(loop_module, "rng_tensors", boom)
     with pytest.raises(OSError, match="disk full"):
         trainer.save_checkpoint()
     assert sorted((tmp_path / "run/checkpoints/step-1").iterdir()) == good
