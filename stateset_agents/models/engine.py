@@ -184,6 +184,10 @@ class GenerationEngine:
         self._wake.set()
         return await req.future
 
+    def check_schema(self, schema: dict[str, Any]) -> None:
+        """Raise :class:`ConfigError` naming the problem if ``schema`` cannot constrain decoding here."""
+        self._constraint(schema)
+
     def _constraint(self, schema: dict[str, Any]) -> JsonConstraint:
         if self._grammars is None:
             vocab = self.model.get_output_embeddings().weight.shape[0]

@@ -2,10 +2,21 @@
 
 Supported request fields: ``model``, ``messages`` (roles system, developer, user, assistant with ``tool_calls``,
 tool; content as a string or text parts), ``temperature``, ``top_p``, ``max_tokens`` / ``max_completion_tokens``,
-``n``, ``stop``, ``seed``, ``tools``, ``tool_choice`` (``auto`` or ``none``), ``logprobs``, ``stream`` with
-``stream_options.include_usage``, and ``user``. Fields that would change sampling in ways the engine cannot honour
-(``frequency_penalty``, ``presence_penalty``, ``logit_bias``, ``top_logprobs``, a JSON ``response_format``,
-``tool_choice: required``) are refused with 400 naming the field, never silently ignored; unknown fields too.
+``n``, ``stop``, ``seed``, ``tools``, ``tool_choice``, ``parallel_tool_calls``, ``response_format``, ``logprobs``,
+``stream`` with ``stream_options.include_usage``, and ``user``. Fields that would change sampling in ways the engine
+cannot honour (``frequency_penalty``, ``presence_penalty``, ``logit_bias``, ``top_logprobs``) are refused with 400
+naming the field, never silently ignored; unknown fields too.
+
+Constrained output (the engine's grammar, models/grammar.py):
+
+- ``response_format: {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}`` decodes under the
+  schema, so ``content`` is a document valid under it (unless ``max_tokens`` ends it first: ``finish_reason``
+  ``length``); ``{"type": "json_object"}`` is any JSON object; ``{"type": "text"}`` is the default.
+- ``tool_choice: "required"`` forces one call of one of ``tools``; ``{"type": "function", "function": {"name": N}}``
+  forces a call of ``N``: the reply is decoded under a schema of ``{"name": ..., "arguments": <the tool's
+  parameters>}`` and returned as ``message.tool_calls``. ``auto`` (the default with tools) lets the model decide;
+  ``none`` treats any call markup as text.
+- ``parallel_tool_calls: false`` returns at most the first call of a reply.
 
 Replies carry parsed tool calls in ``message.tool_calls`` (OpenAI format, arguments as a JSON string) with the
 markup removed from ``content`` (see :mod:`stateset_agents.serving.streaming`). ``logprobs`` has one entry per
@@ -26,6 +37,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..errors import ConfigError
 from ..models.base import SamplingParams
 from ..types import Completion, Message, ToolCall
 from .errors import APIError, error_body
@@ -100,15 +112,66 @@ def _unsupported(req: ChatCompletionRequest) -> None:
         ("presence_penalty", req.presence_penalty != 0, "the engine has no repetition penalties; leave it at 0"),
         ("logit_bias", bool(req.logit_bias), "the engine does not bias logits; leave it out"),
         ("top_logprobs", bool(req.top_logprobs), "only the sampled tokens' log-probs are returned; use logprobs: true"),
-        ("response_format", req.response_format not in (None, {"type": "text"}),
-         "constrained JSON output is not supported; ask for JSON in the prompt and validate it"),
-        ("tool_choice", req.tool_choice not in (None, "auto", "none"),
-         "a call cannot be forced; use 'auto' (the model decides) or 'none'"),
         ("stream_options", req.stream_options is not None and not req.stream, "stream_options needs stream: true"),
     ]
     for field, bad, fix in checks:
         if bad:
             raise APIError(400, f"field {field!r}: {getattr(req, field)!r} is not supported: {fix}", param=field)
+
+
+def _tool_schema(req: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The decoding schema that forces a tool call (``tool_choice`` required or named), or None."""
+    choice = req.tool_choice
+    if choice in (None, "auto", "none"):
+        return None
+    if not req.tools:
+        raise APIError(400, f"field 'tool_choice': {choice!r} forces a tool call but no 'tools' were given; "
+                            "send tools, or use tool_choice 'auto'", param="tool_choice")
+    specs: dict[str, dict[str, Any]] = {}
+    for i, t in enumerate(req.tools):
+        fn = t.get("function") if isinstance(t, dict) and t.get("type", "function") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise APIError(400, f"field 'tools.{i}': a tool is {{'type': 'function', 'function': {{'name': ..., "
+                                "'parameters': {...}}}}", param=f"tools.{i}")
+        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        specs[fn["name"]] = {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": params},
+                             "required": ["name", "arguments"], "additionalProperties": False}
+    if choice == "required":
+        names = list(specs)
+    elif isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        if name not in specs:
+            raise APIError(400, f"field 'tool_choice': function {name!r} is not one of the tools {sorted(specs)}",
+                           param="tool_choice")
+        names = [name]
+    else:
+        raise APIError(400, f"field 'tool_choice': {choice!r} is not 'auto', 'none', 'required' or "
+                            "{'type': 'function', 'function': {'name': ...}}", param="tool_choice")
+    return specs[names[0]] if len(names) == 1 else {"anyOf": [specs[n] for n in names]}
+
+
+def _format_schema(req: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The decoding schema asked for by ``response_format``, or None for plain text."""
+    rf = req.response_format
+    if rf is None or rf == {"type": "text"}:
+        return None
+    if rf.get("type") == "json_object":
+        return {"type": "object"}
+    js = rf.get("json_schema")
+    if rf.get("type") == "json_schema" and isinstance(js, dict) and isinstance(js.get("schema"), dict):
+        return js["schema"]
+    raise APIError(400, f"field 'response_format': {rf!r} is not {{'type': 'text'}}, {{'type': 'json_object'}} or "
+                        "{'type': 'json_schema', 'json_schema': {'name': ..., 'schema': {...}}}",
+                   param="response_format")
+
+
+def _constraint(req: ChatCompletionRequest) -> tuple[dict[str, Any] | None, bool]:
+    """(decoding schema, whether it forces a tool call)."""
+    call, fmt = _tool_schema(req), _format_schema(req)
+    if call is not None and fmt is not None:
+        raise APIError(400, "field 'response_format': cannot be combined with a forced tool_choice; the reply is "
+                            "either a tool call or a document", param="response_format")
+    return (call, True) if call is not None else (fmt, False)
 
 
 def _to_messages(req: ChatCompletionRequest) -> list[Message]:
@@ -171,10 +234,11 @@ def _check_prompt(model: Any, messages: list[Message], tools: list[dict[str, Any
                        param="messages")
 
 
-def _tool_calls(c: Completion) -> list[dict[str, Any]]:
+def _tool_calls(c: Completion, parallel: bool | None = None) -> list[dict[str, Any]]:
+    calls = c.tool_calls if parallel is not False else c.tool_calls[:1]
     return [{"id": f"call_{secrets.token_hex(12)}", "type": "function",
              "function": {"name": t.name, "arguments": json.dumps(t.arguments, ensure_ascii=False)}}
-            for t in c.tool_calls]
+            for t in calls]
 
 
 def _logprobs(tokenizer: Any, ids: list[int], lps: list[float]) -> dict[str, Any]:
@@ -185,8 +249,9 @@ def _logprobs(tokenizer: Any, ids: list[int], lps: list[float]) -> dict[str, Any
     return {"content": content}
 
 
-def _choice(index: int, c: Completion, use_tools: bool, tokenizer: Any, logprobs: bool) -> dict[str, Any]:
-    calls = _tool_calls(c) if use_tools else []
+def _choice(index: int, c: Completion, use_tools: bool, tokenizer: Any, logprobs: bool,
+            parallel: bool | None = None) -> dict[str, Any]:
+    calls = _tool_calls(c, parallel) if use_tools else []
     content = reply_content(c) if use_tools else c.text
     message: dict[str, Any] = {"role": "assistant", "content": content if (content or not calls) else None}
     if calls:
@@ -210,8 +275,20 @@ async def _prepare(request: Request, req: ChatCompletionRequest) -> tuple[Any, l
     if req.stream and req.n != 1:
         raise APIError(400, f"field 'n': streaming returns one choice; got n={req.n}", param="n")
     _unsupported(req)
+    schema, forced = _constraint(req)
+    if schema is not None:
+        check = getattr(getattr(service.model, "engine", None), "check_schema", None)
+        field = "tool_choice" if forced else "response_format"
+        if check is None:
+            raise APIError(400, f"field {field!r}: the served model cannot constrain its output", param=field)
+        try:
+            check(schema)
+        except ConfigError as e:
+            raise APIError(400, f"field {field!r}: {e}", param=field) from e
     messages = _to_messages(req)
     samplings = [_sampling(req, cfg.max_tokens_limit, i) for i in range(req.n)]
+    if schema is not None:
+        samplings = [s.model_copy(update={"json_schema": schema}) for s in samplings]
     _check_prompt(service.model, messages, req.tools, samplings[0].max_new_tokens)
     return service, messages, samplings
 
@@ -242,7 +319,8 @@ async def chat_completions(request: Request, req: ChatCompletionRequest) -> Any:
     completion_tokens = sum(len(c.completion_ids or []) for c in completions)
     return {"id": cid, "object": "chat.completion", "created": created, "model": service.model_name,
             "system_fingerprint": None,
-            "choices": [_choice(i, c, use_tools, tok, req.logprobs) for i, c in enumerate(completions)],
+            "choices": [_choice(i, c, use_tools, tok, req.logprobs, req.parallel_tool_calls)
+                        for i, c in enumerate(completions)],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}}
 
@@ -279,6 +357,7 @@ async def _stream(service: Any, req: ChatCompletionRequest, messages: list[Messa
                   tools: list[dict[str, Any]] | None, cid: str, created: int) -> AsyncIterator[str]:
     """Real token streaming: each sampled token goes through the DeltaDecoder as the engine produces it."""
     use_tools = req.tool_choice != "none"
+    forced = _constraint(req)[1]  # the whole reply is a call: send it as tool_calls, not as content deltas
     out = _Chunks(service, req, cid, created)
     decoder = DeltaDecoder(service.model.tokenizer, sampling.stop, service.model.engine.eos)
     queue: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
@@ -293,21 +372,21 @@ async def _stream(service: Any, req: ChatCompletionRequest, messages: list[Messa
             while (item := await queue.get()) is not None:
                 out.pending.append(item)
                 delta = decoder.push(item[0])
-                if delta:
+                if delta and not forced:
                     if first:
                         service.metrics.ttft.observe(time.perf_counter() - start)
                         first = False
                     yield out.chunk({"content": delta}, with_logprobs=True)
             try:
                 c = task.result()
-                rest = decoder.finish(reply_content(c) if use_tools else c.text)
+                rest = "" if forced else decoder.finish(reply_content(c) if use_tools else c.text)
             except Exception as e:  # the model failed, or the stream could not be completed: say so in it
                 yield _sse(error_body(500, f"{type(e).__name__}: {e}", code="model_error"))
                 yield "data: [DONE]\n\n"
                 return
             if rest or out.pending:
                 yield out.chunk({"content": rest} if rest else {}, with_logprobs=True)
-            calls = _tool_calls(c) if use_tools else []
+            calls = _tool_calls(c, req.parallel_tool_calls) if use_tools else []
             if calls:
                 yield out.chunk({"tool_calls": [dict(call, index=i) for i, call in enumerate(calls)]})
             yield out.chunk({}, c.finish_reason if use_tools or c.finish_reason != "tool_calls" else "stop")
