@@ -1,11 +1,11 @@
-"""Training: the GRPO trainer, its config and pure loss functions, checkpoints, distributed helpers, and
-Training-Free GRPO (see docs/training.md and docs/training_free.md)."""
+"""Training: SFT, GRPO and Training-Free GRPO under one run loop, their configs, the policy, pure loss functions,
+checkpoints and distributed helpers (see docs/training.md and docs/training_free.md)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .config import GRPOConfig, load_config
+from .config import GRPOConfig, RunConfig, SFTConfig, load_config
 from .dist import DistContext
 from .losses import clipped_surrogate, gae, group_advantages, k3_kl, loss_weights, token_logprobs
 
@@ -14,6 +14,10 @@ __all__ = [
     "ExperienceLibrary",
     "GRPOConfig",
     "GRPOTrainer",
+    "RunConfig",
+    "RunLoop",
+    "SFTConfig",
+    "SFTTrainer",
     "TrainingFreeConfig",
     "TrainingFreeGRPO",
     "build_trainer",
@@ -28,8 +32,10 @@ __all__ = [
 
 _LAZY = {
     "GRPOTrainer": ".trainer",
+    "RunLoop": ".loop",
+    "SFTTrainer": ".sft",
     "build_trainer": ".build",
-    "ExperienceLibrary": ".experience",
+    "ExperienceLibrary": "..agents.experience",
     "TrainingFreeConfig": ".training_free",
     "TrainingFreeGRPO": ".training_free",
 }
