@@ -40,69 +40,24 @@ mass, so the engine reports ``log_softmax(logits)`` (temperature 1, no top-p) in
 from __future__ import annotations
 
 import asyncio
-import copy
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from ._compat import cache_kwarg, logits_kwarg
 from .base import SamplingParams
 from .fast_decode import DecodeWeights, unsupported_reason
 from .grammar import GrammarCompiler, JsonConstraint
+from .kv_cache import _buffered, _fingerprint, _lpad, _lpad_mask, _Prefix, common_prefix_len
+from .requests import EngineStats, GenerationResult, _Request
+from .sampling import _sample_rows
 
 __all__ = ["EngineStats", "GenerationEngine", "GenerationResult"]
-
-
-@dataclass
-class GenerationResult:
-    completion_ids: list[int]
-    logprobs: list[float]
-    text: str
-    finish_reason: str
-
-
-@dataclass
-class EngineStats:
-    requests: int = 0
-    new_tokens: int = 0
-    decode_steps: int = 0
-    prefills: int = 0
-    max_batch: int = 0
-    busy_seconds: float = 0.0
-    prefix_builds: int = 0
-    prefix_hits: int = 0
-    prefix_tokens_reused: int = 0
-    decode_path: str = ""
-    """Which forward runs decode steps: ``fast-native`` / ``fast-int8`` (models/fast_decode.py) or
-    ``transformers`` (with the reason the fast path does not apply)."""
-    decode_snapshots: int = 0
-    """How many times the fast path's weight snapshot was (re)built."""
-
-
-@dataclass
-class _Request:
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    generator: torch.Generator
-    out_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    pos: int = 0
-    """Position id of the next token fed to the model."""
-    finish: str | None = None
-    text: str = ""
-    on_token: Callable[[int, float], None] | None = None
-    """Called on ``loop`` with each sampled token id and its log-prob (streaming)."""
-    constraint: JsonConstraint | None = None
-    """The JSON-schema grammar state of a constrained request (``sampling.json_schema``)."""
 
 
 class GenerationEngine:
@@ -424,143 +379,6 @@ class GenerationEngine:
         if len(r.out_ids) >= s.max_new_tokens:
             r.finish = "length"
             r.text = self.tokenizer.decode(r.out_ids, skip_special_tokens=True)
-
-
-def common_prefix_len(seqs: Sequence[Sequence[int]], limit: int | None = None) -> int:
-    """Length of the longest token prefix shared by every sequence (at most ``limit``). The engine's prefix cache
-    and the trainer's shared-prefix forward both use it."""
-    first = seqs[0]
-    n = len(first) if limit is None else min(limit, len(first))
-    for x in seqs[1:]:
-        n = min(n, len(x))
-        i = 0
-        while i < n and x[i] == first[i]:
-            i += 1
-        n = i
-        if n == 0:
-            break
-    return max(n, 0)
-
-
-def _fingerprint(model: Any) -> torch.Tensor:
-    """A few values of every parameter: changes when an optimiser step or a weight load changes the weights."""
-    return torch.stack([p.detach().reshape(-1)[:16].float().sum().cpu() for p in model.parameters()])
-
-
-class _Prefix:
-    """Keys and values of a token prefix (batch 1), reused by every prompt that starts with it."""
-
-    def __init__(self, ids: list[int], cache: Any, fingerprint: torch.Tensor) -> None:
-        self.ids, self.cache, self.fingerprint = ids, cache, fingerprint
-
-    @classmethod
-    def build(cls, model: Any, ids: list[int], device: torch.device) -> _Prefix:
-        cache = DynamicCache()
-        x = torch.tensor([ids], dtype=torch.long, device=device)
-        model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, **cache_kwarg(model, cache),
-              **logits_kwarg(model))
-        return cls(list(ids), cache, _fingerprint(model))
-
-    def valid(self, model: Any) -> bool:
-        return torch.equal(self.fingerprint, _fingerprint(model))
-
-    def expanded(self, n: int) -> Any:
-        """A fresh cache holding the prefix for ``n`` rows (views; the forward's append copies them)."""
-        cache = copy.copy(self.cache)
-        cache.layers = []
-        for layer in self.cache.layers:
-            twin = copy.copy(layer)
-            twin.keys = layer.keys.expand(n, -1, -1, -1)
-            twin.values = layer.values.expand(n, -1, -1, -1)
-            cache.layers.append(twin)
-        return cache
-
-
-def _buffered(layer: Any, spare: int = 64) -> None:
-    """Turn a cache layer into one that appends into a preallocated buffer instead of ``torch.cat``
-    (which copies the whole cache on every decode step)."""
-    keys, values = layer.keys, layer.values
-    b, h, t, d = keys.shape
-    layer._kbuf = keys.new_empty((b, h, t + spare, d))
-    layer._vbuf = values.new_empty((b, h, t + spare, d))
-    layer._kbuf[:, :, :t] = keys
-    layer._vbuf[:, :, :t] = values
-    layer._len = t
-    layer.keys, layer.values = layer._kbuf[:, :, :t], layer._vbuf[:, :, :t]
-    if not isinstance(layer, _BufferedLayer):
-        layer.__class__ = _BufferedLayer
-
-
-class _BufferedLayer(DynamicLayer):
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        n, q = self._len, key_states.shape[-2]
-        if n + q > self._kbuf.shape[-2]:
-            _buffered(self, spare=max(64, n))  # grow geometrically
-        self._kbuf[:, :, n:n + q] = key_states
-        self._vbuf[:, :, n:n + q] = value_states
-        self._len = n + q
-        self.keys, self.values = self._kbuf[:, :, :n + q], self._vbuf[:, :, :n + q]
-        return self.keys, self.values
-
-
-def _lpad(x: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - x.shape[-2]
-    if missing == 0:
-        return x
-    pad = torch.zeros((*x.shape[:-2], missing, x.shape[-1]), dtype=x.dtype, device=x.device)
-    return torch.cat([pad, x], dim=-2)
-
-
-def _lpad_mask(m: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - m.shape[1]
-    if missing == 0:
-        return m
-    return torch.cat([torch.zeros((m.shape[0], missing), dtype=m.dtype), m], dim=1)
-
-
-def _sample_rows(logits: torch.Tensor, reqs: list[_Request]) -> list[tuple[int, float]]:
-    """Sample every row at once where possible; each row uses its own request's generator (Gumbel-max:
-    ``argmax(logp + G)`` with ``G = -log(-log(U))`` draws exactly from ``softmax(logp)``)."""
-    temps = torch.tensor([r.sampling.temperature if r.sampling.temperature > 0 else 1.0 for r in reqs],
-                         dtype=logits.dtype, device=logits.device)
-    logp = torch.log_softmax(logits / temps[:, None], -1)
-    out: list[tuple[int, float] | None] = [None] * len(reqs)
-    rows, noise = [], []
-    for i, r in enumerate(reqs):
-        s = r.sampling
-        if s.temperature == 0:
-            token = int(torch.argmax(logits[i]))
-            out[i] = (token, float(logp[i, token]))
-        elif s.top_p < 1.0:
-            out[i] = _sample(logits[i], s, r.generator)
-        else:
-            rows.append(i)
-            noise.append(torch.rand(logits.shape[-1], generator=r.generator))
-    if rows:
-        idx = torch.tensor(rows, device=logits.device)
-        u = torch.stack(noise).to(logits.device)
-        tokens = torch.argmax(logp[idx] - torch.log(-torch.log(u)), -1)
-        lps = logp[idx].gather(1, tokens[:, None])[:, 0]
-        for j, i in enumerate(rows):
-            out[i] = (int(tokens[j]), float(lps[j]))
-    return out  # type: ignore[return-value]
-
-
-def _sample(logits: torch.Tensor, s: SamplingParams, g: torch.Generator) -> tuple[int, float]:
-    """One token from one row of logits, and its log-prob under the sampling distribution (see module doc)."""
-    if s.temperature == 0:
-        token = int(torch.argmax(logits))
-        return token, float(torch.log_softmax(logits, -1)[token])
-    logp = torch.log_softmax(logits / s.temperature, -1)
-    if s.top_p < 1.0:
-        sorted_lp, order = torch.sort(logp, descending=True)
-        cum = sorted_lp.exp().cumsum(-1)
-        drop = cum - sorted_lp.exp() >= s.top_p  # keep tokens until the mass before them reaches top_p
-        sorted_lp = sorted_lp.masked_fill(drop, float("-inf"))
-        logp = torch.full_like(logp, float("-inf")).scatter(0, order, sorted_lp)
-        logp = torch.log_softmax(logp, -1)
-    token = int(torch.multinomial(logp.exp(), 1, generator=g))
-    return token, float(logp[token])
 
 
 def _set_result(fut: asyncio.Future, value: Any) -> None:

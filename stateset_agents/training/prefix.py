@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..models._compat import cache_kwarg
-from ..models.engine import common_prefix_len as _token_prefix_len
+from ..models.kv_cache import common_prefix_len as _token_prefix_len
 from .batch import Batch, Sample, collate
 
 __all__ = ["MIN_SHARED_PREFIX", "PrefixBatch", "collate_shared_prefix", "common_prefix_len", "shared_prefix_hidden"]

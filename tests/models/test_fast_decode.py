@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, MistralConfig, MistralForCausalLM
 
 from stateset_agents import Message, SamplingParams
-from stateset_agents.models.engine import _buffered
 from stateset_agents.models.fast_decode import DecodeWeights, unsupported_reason
 from stateset_agents.models.hf import HFChatModel
+from stateset_agents.models.kv_cache import _buffered
 
 
 @pytest.fixture

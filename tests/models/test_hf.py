@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stateset_agents import Message, ModelError, SamplingParams
-from stateset_agents.models.engine import _sample
+from stateset_agents.models.sampling import _sample
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=20)
 

@@ -200,7 +200,7 @@ async def test_permanently_invalid_gives_none_for_everyone_and_caches_nothing(tm
     reward = RulerReward(judge, "default", cache=cache, max_retries=2)
     results = await reward.score(group(traj(GOOD), traj(BAD)))
     assert len(judge.calls) == 3 and len(judge.calls[2]) == 6
-    error = ('RULER judge gave no valid judgement in 3 attempts; last problem: the JSON object has no "scores" '
+    error = ('RULER judge: no valid answer in 3 attempts; last problem: the JSON object has no "scores" '
              "list. Use a stronger judge model, or raise max_retries")
     assert [(r.value, r.components, r.error) for r in results] == [(None, {"ruler": None}, error)] * 2
     assert len(cache) == 0
@@ -215,7 +215,7 @@ async def test_a_cut_off_reply_says_so():
 
     judge = CutOff('{"scores": [{"id": "t1", "score": 0.5, "expl')
     results = await RulerReward(judge, max_retries=0).score(group(traj(GOOD), traj(BAD)))
-    assert results[0].error.startswith("RULER judge gave no valid judgement in 1 attempt; last problem: the reply "
+    assert results[0].error.startswith("RULER judge: no valid answer in 1 attempt; last problem: the reply "
                                        "contains no JSON object (the reply was cut off at max_new_tokens=208; ")
 
 
@@ -475,3 +475,19 @@ async def test_cache_key_includes_the_judges_sampling(tmp_path):
     await RulerReward(again, "customer_service", cache=path,
                       sampling=SamplingParams(temperature=0.8, max_new_tokens=400)).score(g)
     assert again.calls == []
+
+
+# ---------------------------------------------------------------- a small local judge under the verdict's grammar
+async def test_an_untrained_local_judge_gives_valid_verdicts_only_when_constrained(tiny_model):
+    """The tiny model writes gibberish: unconstrained it never produces a verdict; under judgement_schema every
+    group gets one score per conversation, each in [0, 1], on the first attempt."""
+    rubric = "Score each conversation from 0 to 1 by how well the agent resolved the customer's issue."
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=620)
+    constrained = RulerReward(tiny_model, rubric, sampling=sampling, max_retries=0)
+    results = await constrained.score(group(traj(GOOD), traj(BAD), traj("Let me check.")))
+    assert all(r.error is None and 0.0 <= r.value <= 1.0 for r in results), [r.error for r in results]
+    assert constrained.stats["calls"] == 1 and constrained.stats["failures"] == 0
+    free = RulerReward(tiny_model, rubric, sampling=sampling.model_copy(update={"max_new_tokens": 64}),
+                       max_retries=0, constrained=False)
+    results = await free.score(group(traj(GOOD), traj(BAD)))
+    assert all(r.value is None and "no valid answer" in r.error for r in results)

@@ -70,7 +70,7 @@ async def test_agent_user_and_ruler_judge_through_the_server(server, client, tin
         before = _chat_requests(client)
         results = await ruler.score(short)
         assert [r.value for r in results] == [None, None]
-        assert all(r.error and "RULER judge gave no valid judgement in 2 attempts" in r.error for r in results), \
+        assert all(r.error and "RULER judge: no valid answer in 2 attempts" in r.error for r in results), \
             [r.error for r in results]
         assert ruler.stats["calls"] == 2 and ruler.stats["retries"] == 1 and ruler.stats["failures"] == 1
         assert judge.stats["requests"] == 2 and _chat_requests(client) - before == 2
