@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..agents.experience import ExperienceLibrary, Operation, Provenance, word_count
 from ..models.base import SamplingParams
+from ..models.structured import AskStats, NoValidAnswer, ask_json
 from ..types import Message, Trajectory, TrajectoryGroup
 from .consolidation import GroupProposal, consolidate_by_embedding, merge_provenance, resolve_conflicts
 
@@ -73,15 +74,17 @@ class _Answer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Length bounds: what a useful answer needs, and what keeps a constrained small learner from writing one string
+# until its token budget runs out (the schemas of these models are the decoding constraint).
 class SummaryAnswer(_Answer):
-    summary: str = Field(min_length=1)
+    summary: str = Field(min_length=1, max_length=600)
 
 
 class ProposedOp(_Answer):
     op: Literal["ADD", "MODIFY", "DELETE", "KEEP"]
-    id: str | None = None
-    text: str | None = None
-    reason: str = ""
+    id: str | None = Field(default=None, max_length=40)
+    text: str | None = Field(default=None, max_length=400)
+    reason: str = Field(default="", max_length=300)
 
     @field_validator("op", mode="before")
     @classmethod
@@ -90,8 +93,8 @@ class ProposedOp(_Answer):
 
 
 class GroupAnswer(_Answer):
-    advantage: str = Field(min_length=1)
-    operations: list[ProposedOp]
+    advantage: str = Field(min_length=1, max_length=600)
+    operations: list[ProposedOp] = Field(max_length=8)
 
 
 class ConsolidatedOp(ProposedOp):
@@ -99,7 +102,7 @@ class ConsolidatedOp(ProposedOp):
 
 
 class BatchAnswer(_Answer):
-    operations: list[ConsolidatedOp]
+    operations: list[ConsolidatedOp] = Field(max_length=32)
 
 
 def extract_json(text: str) -> Any:
@@ -176,6 +179,22 @@ def render_transcript(t: Trajectory, *, max_chars: int = 3000, max_message_chars
 
 
 # ------------------------------------------------------------ the learner
+class _Limited:
+    """A ChatModel view that holds a semaphore around each call (the learner's concurrency bound)."""
+
+    def __init__(self, model: Any, sem: asyncio.Semaphore) -> None:
+        self.model, self.sem = model, sem
+
+    async def chat(self, messages: list[Message], *, sampling: SamplingParams, tools: Any = None) -> Any:
+        async with self.sem:
+            return await self.model.chat(messages, sampling=sampling)
+
+
+def _retry(problem: str) -> Message:
+    return Message(role="user", content=f"That answer is not valid: {problem}. Answer again with the corrected JSON "
+                                        "object only.")
+
+
 class SemanticLearner:
     """Asks a ChatModel for summaries, semantic advantages and library operations (see the module docs).
 
@@ -189,15 +208,18 @@ class SemanticLearner:
         max_chars: transcript length shown per trajectory.
         library_view: most experiences shown to the learner per group (the most similar to the scenario).
         concurrency: learner calls in flight at once.
+        constrained: decode each answer under its JSON schema (the answer model's), so a small local learner
+            returns parseable JSON; False for an endpoint that refuses ``response_format``.
     """
 
     def __init__(self, model: Any, *, sampling: SamplingParams, retries: int = 2, word_limit: int = 32,
                  max_ops: int = 3, summarize: bool = True, max_chars: int = 3000, library_view: int = 20,
-                 concurrency: int = 8) -> None:
+                 concurrency: int = 8, constrained: bool = True) -> None:
         self.model, self.sampling, self.retries = model, sampling, retries
         self.word_limit, self.max_ops, self.summarize = word_limit, max_ops, summarize
         self.max_chars, self.library_view = max_chars, library_view
         self.concurrency = concurrency
+        self.constrained = constrained
         self._sems: dict[int, asyncio.Semaphore] = {}
         self.stats = {"calls": 0, "retries": 0, "invalid_answers": 0}
 
@@ -208,26 +230,24 @@ class SemanticLearner:
             self._sems = {key: asyncio.Semaphore(self.concurrency)}
         return self._sems[key]
 
-    async def ask(self, stage: str, prompt: str, parse: Callable[[str], T], *, seed: int | None = None) -> T:
-        """One exchange with validation and retries; raises LearnerFailed with every error."""
+    async def ask(self, stage: str, prompt: str, parse: Callable[[str], T], *, seed: int | None = None,
+                  answer: type[BaseModel] | None = None) -> T:
+        """One exchange with validation and retries (models/structured.ask_json); ``answer``'s JSON schema is the
+        decoding constraint when ``constrained``. Raises LearnerFailed with every error."""
         messages = [Message(role="system", content=SYSTEM), Message(role="user", content=prompt)]
-        errors: list[str] = []
-        for attempt in range(self.retries + 1):
-            sampling = self.sampling.model_copy(update={"seed": None if seed is None else seed + attempt})
-            async with self._sem():
-                self.stats["calls"] += 1
-                if attempt:
-                    self.stats["retries"] += 1
-                completion = await self.model.chat(messages, sampling=sampling)
-            try:
-                return parse(completion.text)
-            except LearnerOutputError as e:
-                self.stats["invalid_answers"] += 1
-                errors.append(str(e))
-                messages += [Message(role="assistant", content=completion.text),
-                             Message(role="user", content=f"That answer is not valid: {e}. Answer again with the "
-                                                          "corrected JSON object only.")]
-        raise LearnerFailed(stage, errors)
+        stats = AskStats()
+        sampling = self.sampling.model_copy(update={"seed": seed})
+        schema = answer.model_json_schema() if answer is not None and self.constrained else None
+        try:
+            return await ask_json(_Limited(self.model, self._sem()), messages, parse, sampling=sampling,
+                                  schema=schema, retries=self.retries, what=f"learner: {stage}", stats=stats,
+                                  retry_message=_retry)
+        except NoValidAnswer as e:
+            raise LearnerFailed(stage, e.problems) from e
+        finally:
+            self.stats["calls"] += stats.calls
+            self.stats["retries"] += stats.retries
+            self.stats["invalid_answers"] += stats.invalid_answers
 
     # ---------------------------------------------------------- one group
     async def propose(self, group: TrajectoryGroup, library: ExperienceLibrary, *, task: str, domain: str,
@@ -240,7 +260,8 @@ class SemanticLearner:
             if self.summarize:
                 results = await asyncio.gather(*(
                     self.ask(f"summary of {group.scenario_id} T{i + 1}", self._summary_prompt(t, task),
-                             self._parse_summary, seed=None if seed is None else seed + 101 * i)
+                             self._parse_summary, seed=None if seed is None else seed + 101 * i,
+                             answer=SummaryAnswer)
                     for i, t in enumerate(scored)), return_exceptions=True)
                 for r in results:  # wait for all, then report the first failure (other exceptions propagate)
                     if isinstance(r, BaseException):
@@ -251,7 +272,7 @@ class SemanticLearner:
             known = [e.id for e in view]
             answer = await self.ask(f"comparison of {group.scenario_id}",
                                     self._group_prompt(scored, bodies, view, task, domain),
-                                    lambda text: self._parse_group(text, known), seed=seed)
+                                    lambda text: self._parse_group(text, known), seed=seed, answer=GroupAnswer)
         except LearnerFailed as e:
             prop.error, prop.attempts = str(e), self.stats["calls"] - calls0
             return prop
@@ -320,7 +341,8 @@ class SemanticLearner:
         view = [e for e in library.experiences if e.id in touched]
         known = library.ids()
         answer = await self.ask("consolidation", self._batch_prompt(flat, names, view),
-                                lambda text: self._parse_batch(text, known, names), seed=seed)
+                                lambda text: self._parse_batch(text, known, names), seed=seed,
+                                answer=BatchAnswer)
         by_name = dict(zip(names, flat, strict=True))
         ops, cited = [], set()
         for o in answer.operations:

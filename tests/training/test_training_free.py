@@ -343,3 +343,35 @@ def test_cli_chat_rejects_a_missing_library_before_loading_a_model(tmp_path, cap
 
     code = main(["chat", "--experiences", str(tmp_path / "missing.json"), "--model", "/nonexistent"])
     assert code == 2 and "no experience library at" in capsys.readouterr().out
+
+
+async def test_a_small_local_learner_answers_in_valid_json_only_when_constrained(tiny_model):
+    """The tiny model's free text is gibberish, so as a learner it never gives a usable answer; under the answer
+    models' JSON schemas (the default) its summary parses on the first attempt and every comparison is valid JSON
+    of the right shape."""
+    from stateset_agents import SamplingParams
+    from stateset_agents.training.semantic_advantage import (
+        GroupAnswer,
+        LearnerFailed,
+        SemanticLearner,
+        SummaryAnswer,
+    )
+
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=160)
+    learner = SemanticLearner(tiny_model, sampling=sampling, retries=0)
+    summary = await learner.ask("summary", "Summarise the conversation.", learner._parse_summary, seed=3,
+                                answer=SummaryAnswer)
+    assert isinstance(summary, str) and summary
+    # A comparison's shape is guaranteed too; what is left to fail is its meaning (checked by _parse_group, e.g.
+    # MODIFY of an id that does not exist), which is fed back to the learner like any other problem.
+    learner.sampling = sampling.model_copy(update={"max_new_tokens": 1500})
+    for seed in range(3):
+        try:
+            group = await learner.ask("comparison", "Compare the attempts.", lambda t: learner._parse_group(t, []),
+                                      seed=seed, answer=GroupAnswer)
+            assert isinstance(group, GroupAnswer)
+        except LearnerFailed as e:
+            assert not [p for p in e.errors if "JSON" in p], e.errors
+    free = SemanticLearner(tiny_model, sampling=sampling, retries=0, constrained=False)
+    with pytest.raises(LearnerFailed):
+        await free.ask("summary", "Summarise the conversation.", free._parse_summary, seed=3, answer=SummaryAnswer)
