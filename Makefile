@@ -31,7 +31,10 @@ $(STAMP): pyproject.toml $(LOCK) $(MODELS_LOCK)
 	@touch $(STAMP)
 
 # Regenerate both lock files from pyproject.toml (ranges) and constraints.txt (this machine's pins).
-lock: $(STAMP)
+# (Not through $(STAMP): that would first install the old lock. uv comes from the lock when the venv has it.)
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(VENV)/bin/uv || $(PIP) install --quiet uv
 	$(VENV)/bin/uv pip compile pyproject.toml $(EXTRAS) -c $(CONSTRAINTS) --generate-hashes \
 		--find-links $(FIND_LINKS) $(UV_TARGET) -o $(LOCK)
 	$(VENV)/bin/uv pip compile $(MODELS_IN) --no-deps --generate-hashes $(UV_TARGET) -o $(MODELS_LOCK)
