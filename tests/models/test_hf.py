@@ -191,10 +191,13 @@ async def test_prefix_cache_is_dropped_when_the_weights_change(tiny_model_path):
         assert [c.completion_ids for c in got] == [c.completion_ids for c in want]
         flat = [lp for c in got for lp in c.logprobs]
         assert flat == pytest.approx([lp for c in want for lp in c.logprobs], abs=1e-4)
-        assert cached.engine.stats.prefix_builds == 2  # rebuilt with the new weights
+        # rebuilt with the new weights (on a loaded machine the 4 requests may be admitted in two bursts, and the
+        # second burst may share a longer prefix with the first and build once more)
+        rebuilt = cached.engine.stats.prefix_builds
+        assert rebuilt >= 2
         cached.engine.clear_prefix_cache()
         cached.engine.clear_prefix_cache()
         await cached.chat(prompts[1], sampling=GREEDY)
-        assert cached.engine.stats.prefix_builds == 3  # built again after the explicit clear
+        assert cached.engine.stats.prefix_builds == rebuilt + 1  # built again after the explicit clear
     finally:
         cached.close()
