@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["pick_scenarios", "split_ids"]
+__all__ = ["pick_scenarios", "run_scenarios", "split_ids"]
 
 
 def split_ids(env_factory: Callable[[], Any], split: str) -> tuple[Any, list[str]]:
@@ -32,3 +32,16 @@ def pick_scenarios(pool: list[str], wanted: list[str] | None, field: str, split:
         raise ConfigError(f"{field} {unknown} are not in split {split!r} of pack {pack!r}"
                           + (f" ({hint})" if hint else "") + f"; choose from {pool}")
     return list(wanted)
+
+
+def run_scenarios(env_factory: Callable[[], Any], config: Any) -> tuple[Any, list[str], list[str]]:
+    """(pack, train scenario ids, eval scenario ids) of a run's config (``train_split``/``scenarios``,
+    ``eval_split``/``eval_scenarios``); a run that evaluates needs eval scenarios."""
+    pack, train = split_ids(env_factory, config.train_split)
+    _, evals = split_ids(env_factory, config.eval_split)
+    scenarios = pick_scenarios(train, config.scenarios, "scenarios", config.train_split, pack.name)
+    eval_scenarios = pick_scenarios(evals, config.eval_scenarios, "eval_scenarios", config.eval_split, pack.name)
+    if not eval_scenarios and (config.eval_before or config.eval_after or config.eval_every):
+        raise ConfigError(f"split {config.eval_split!r} of pack {pack.name!r} has no scenarios to evaluate "
+                          "on; set eval_split, or eval_before: false and eval_after: false")
+    return pack, scenarios, eval_scenarios

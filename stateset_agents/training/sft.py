@@ -36,7 +36,7 @@ from .dist import DistContext
 from .evaluate import evaluate_run
 from .loop import RunLoop, Writer, step_seed
 from .policy import Policy, lr_lambda
-from .scenarios import pick_scenarios, split_ids
+from .scenarios import run_scenarios
 from .sft_config import SFTConfig
 
 __all__ = ["SFTTrainer"]
@@ -69,14 +69,7 @@ class SFTTrainer:
         self.agent.sampling = self.policy.sampling
         self.run_dir = Path(config.output_dir)
         self.step = 0
-        self.pack, train = split_ids(env_factory, config.train_split)
-        _, evals = split_ids(env_factory, config.eval_split)
-        self.scenarios = pick_scenarios(train, config.scenarios, "scenarios", config.train_split, self.pack.name)
-        self.eval_scenarios = pick_scenarios(evals, config.eval_scenarios, "eval_scenarios", config.eval_split,
-                                             self.pack.name)
-        if not self.eval_scenarios and (config.eval_before or config.eval_after or config.eval_every):
-            raise ConfigError(f"split {config.eval_split!r} of pack {self.pack.name!r} has no scenarios to evaluate "
-                              "on; set eval_split, or eval_before: false and eval_after: false")
+        self.pack, self.scenarios, self.eval_scenarios = run_scenarios(env_factory, config)
         self.samples: list[Sample] = []
         self.total_steps = config.max_steps or 1  # set by prepare() once the demonstrations are known
         self.optimizer = self.policy.optimizer()

@@ -46,7 +46,7 @@ from ..types import TrajectoryGroup
 from .dist import DistContext
 from .evaluate import evaluate_run
 from .loop import RunLoop, Writer, step_seed
-from .scenarios import pick_scenarios, split_ids
+from .scenarios import run_scenarios
 from .semantic_advantage import LearnerFailed, SemanticLearner, consolidate_by_embedding
 from .tf_config import LearnerEndpoint, TrainingFreeConfig
 
@@ -100,14 +100,7 @@ class TrainingFreeGRPO:
         self.run_dir = Path(config.output_dir)
         self.step = 0
         self.dist = DistContext()
-        self.pack, train = split_ids(env_factory, config.train_split)
-        _, evals = split_ids(env_factory, config.eval_split)
-        self.scenarios = pick_scenarios(train, config.scenarios, "scenarios", config.train_split, self.pack.name)
-        self.eval_scenarios = pick_scenarios(evals, config.eval_scenarios, "eval_scenarios", config.eval_split,
-                                             self.pack.name)
-        if not self.eval_scenarios and (config.eval_before or config.eval_after or config.eval_every):
-            raise ConfigError(f"split {config.eval_split!r} of pack {self.pack.name!r} has no scenarios to evaluate "
-                              "on; set eval_split, or eval_before: false and eval_after: false")
+        self.pack, self.scenarios, self.eval_scenarios = run_scenarios(env_factory, config)
         self.domain = config.domain or self.pack.domain
         per_epoch = math.ceil(len(self.scenarios) / config.scenarios_per_step)
         self.batches_per_epoch = per_epoch
