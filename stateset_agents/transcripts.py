@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .atomic import write_text_atomic
 from .errors import ConfigError
 from .types import Message, RewardResult, Trajectory, TrajectoryGroup
 
@@ -152,27 +152,6 @@ def write_transcripts(path: str | os.PathLike[str], records: Iterable[Transcript
     """Write records (or trajectories/groups, converted with :func:`transcripts_from_groups` and ``kwargs``)
     as JSONL, atomically; return the path."""
     return write_text_atomic(path, _lines(_as_records(records, kwargs)))
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temp file in the same folder, then rename it over ``path``: a reader sees the old file
-    or the new one, never half. The file gets the usual permissions (0666 minus the umask), not mkstemp's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def append_transcripts(path: str | os.PathLike[str],

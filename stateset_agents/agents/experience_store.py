@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import uuid
-from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic as _write_local
 from ..errors import ConfigError
 
 __all__ = ["read_library_json", "write_text_atomic"]
@@ -50,18 +48,7 @@ def write_text_atomic(url: str, text: str) -> str:
     fs, path = fsspec.core.url_to_fs(url)
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     if "file" in protocols or "local" in protocols:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        p = _write_local(path, text)
         return str(p)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp" if parent else f".{path}.{uuid.uuid4().hex}.tmp"

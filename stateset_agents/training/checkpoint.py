@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import write_text_atomic
 from ..errors import ConfigError
 
 __all__ = ["latest_checkpoint", "load_optimizer", "optimizer_tensors", "restore_rng", "rng_tensors",
@@ -34,17 +35,7 @@ __all__ = ["latest_checkpoint", "load_optimizer", "optimizer_tensors", "restore_
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def save_atomically(dest: Path, write: Any) -> Path:

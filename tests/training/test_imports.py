@@ -15,7 +15,7 @@ import stateset_agents
 ROOT = Path(stateset_agents.__file__).parent
 
 LAYERS = {
-    "types": 0, "errors": 0, "toolcalls": 0,
+    "types": 0, "errors": 0, "toolcalls": 0, "atomic": 0,
     "models": 1,
     "envs": 2,
     "agents": 3, "resolve": 3,
