@@ -172,7 +172,7 @@ class MultiTurnAgent:
     def action_text(completion: Completion) -> str:
         """The env action for a completion: its text, plus structured tool calls in the documented format
         when the backend returned them separately (OpenAI-style ``tool_calls`` with empty text)."""
-        from ..envs.toolcalls import format_tool_call, parse_message
+        from ..toolcalls import format_tool_call, parse_message
 
         text = completion.text
         if completion.tool_calls and not parse_message(text).calls:

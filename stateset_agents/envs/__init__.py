@@ -1,5 +1,6 @@
 """Conversation environments: the Gymnasium contract, data packs, tools and user simulators."""
 
+from ..toolcalls import format_tool_call, parse_message
 from .conversation import END_MARKER, MAX_ACTION_CHARS, MAX_OBSERVATION_CHARS, ConversationEnv
 from .outcome import compute_outcome
 from .pack import EnvPack, Scenario, ToolSpec, builtin_pack_dirs, load_pack
@@ -11,7 +12,6 @@ from .registry import (
     register_pack,
     registered_envs,
 )
-from .toolcalls import format_tool_call, parse_message
 from .users import (
     LLMUser,
     ReplayCache,

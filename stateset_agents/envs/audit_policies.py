@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from ..toolcalls import format_tool_call
 from ..types import Message
 from .conversation import END_MARKER, MAX_ACTION_CHARS
 from .pack import EnvPack, Scenario, ToolSpec
-from .toolcalls import format_tool_call
 
 __all__ = ["CANNED_REFUSAL", "POLICIES", "PolicyState", "train_fact_phrases"]
 

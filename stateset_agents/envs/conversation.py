@@ -3,7 +3,7 @@
 An episode: ``reset`` draws (or takes) a scenario, copies its database, and returns the user's first
 message. Each ``step(action)`` takes the agent's message text:
 
-- If the text contains tool calls (see :mod:`stateset_agents.envs.toolcalls`), they run against the
+- If the text contains tool calls (see :mod:`stateset_agents.toolcalls`), they run against the
   episode's database and the observation is their results (``info["observation_role"] == "tool"``),
   one JSON object per line: ``{"name": ..., "ok": true, "result": ...}`` or ``{"ok": false, "error": ...}``.
 - Otherwise the user simulator answers and the observation is its reply (role ``user``).
@@ -29,10 +29,10 @@ import gymnasium as gym
 from gymnasium import spaces
 
 from ..errors import EpisodeError, PackError, SyncInAsyncError
+from ..toolcalls import parse_message
 from ..types import Message, ToolCall
 from .outcome import EpisodeRecord, compute_outcome, disclosures, forbidden_statements_in, goal_reached
 from .pack import EnvPack, Scenario, load_pack
-from .toolcalls import parse_message
 from .tools import Database, ToolError, forbidden_hits, run_tool, validate_args
 from .users import ScriptedUser, UserContext, UserSimulator, UserTurn
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..toolcalls import format_tool_call
 from .conversation import END_MARKER, ConversationEnv
 from .pack import EnvPack, Scenario
-from .toolcalls import format_tool_call
 
 __all__ = ["reference_actions", "replay_reference"]
 

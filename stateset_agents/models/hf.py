@@ -85,7 +85,7 @@ class HFChatModel:
                    on_token: Callable[[int, float], None] | None = None) -> Completion:
         """One completion. ``on_token`` (optional, for streaming) is called on this event loop with each
         sampled token id and its log-prob as it is sampled, before this returns."""
-        from ..envs.toolcalls import parse_message
+        from ..toolcalls import parse_message
 
         if not messages:
             raise ConfigError("chat() needs at least one message")
@@ -119,7 +119,7 @@ def _template_message(m: Message) -> dict[str, Any]:
     d = m.to_openai()
     if m.tool_calls:
         # Templates differ in how they render calls; the text form keeps the documented format visible.
-        from ..envs.toolcalls import format_tool_call
+        from ..toolcalls import format_tool_call
 
         calls = "".join(format_tool_call(c.name, c.arguments) for c in m.tool_calls)
         d["content"] = (m.content + "\n" if m.content else "") + calls

@@ -39,9 +39,9 @@ def agent_messages(t: Trajectory) -> list[Message]:
 
 def agent_text(t: Trajectory) -> str:
     """Everything the agent said to the user, tool calls removed, one message per line."""
-    from ..envs.toolcalls import parse_message
+    from ..toolcalls import TOOL_CALL_TAG, parse_message
 
-    return "\n".join(parse_message(m.content).text if "<tool_call>" in m.content else m.content
+    return "\n".join(parse_message(m.content).text if TOOL_CALL_TAG in m.content else m.content
                      for m in agent_messages(t)).strip()
 
 

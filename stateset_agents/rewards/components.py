@@ -89,7 +89,7 @@ class LengthWindowReward(TrajectoryReward):
         self.min_words, self.max_words, self.name = min_words, max_words, name
 
     def score_one(self, t: Trajectory) -> float | None:
-        from ..envs.toolcalls import parse_message
+        from ..toolcalls import parse_message
 
         texts = [parse_message(m.content).text for m in agent_messages(t)]
         counts = [len(x.split()) for x in texts if x.strip()]

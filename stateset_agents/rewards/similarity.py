@@ -48,7 +48,7 @@ class ReferenceSimilarity:
         return self._embedder
 
     async def score(self, group: TrajectoryGroup) -> list[RewardResult]:
-        from ..envs.toolcalls import parse_message
+        from ..toolcalls import parse_message
 
         refs = self.references.get(group.scenario_id, [])
         per_traj: list[list[str]] = []

@@ -21,15 +21,13 @@ instead of sending a wrong stream.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from ..toolcalls import TOOL_CALL_TAG as _TAG
+from ..toolcalls import strip_tool_calls
 from ..types import Completion
 
 __all__ = ["DeltaDecoder", "StreamMismatchError", "reply_content"]
-
-_TAG = "<tool_call>"
-_TAG_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 
 
 class StreamMismatchError(RuntimeError):
@@ -42,7 +40,7 @@ def reply_content(completion: Completion) -> str:
         return completion.text
     if _TAG not in completion.text:
         return ""  # the whole message was a bare JSON call
-    return _TAG_RE.sub("", completion.text).rstrip()
+    return strip_tool_calls(completion.text).rstrip()
 
 
 def _partial_suffix(text: str, markers: list[str]) -> int:

@@ -25,9 +25,9 @@ from typing import Any
 
 from ..envs.conversation import END_MARKER
 from ..envs.reference import reference_actions
-from ..envs.toolcalls import format_tool_call, parse_message
 from ..errors import ConfigError
 from ..rollout import rollout, run_episode
+from ..toolcalls import format_tool_call, parse_message
 from ..types import Completion, Message, SamplingParams, ToolCall, Trajectory
 
 __all__ = ["demo_completion", "jsonl_demonstrations", "reference_demonstrations", "rollout_demonstrations"]

@@ -14,8 +14,8 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from stateset_agents import Completion, Message, SamplingParams, ToolCall
-from stateset_agents.envs.toolcalls import parse_message
 from stateset_agents.serving import ServeConfig
+from stateset_agents.toolcalls import parse_message
 
 from .conftest import API_KEY, AUTH, make_config
 from .harness import ServerThread

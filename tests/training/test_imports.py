@@ -31,10 +31,7 @@ LAYERS = {
 MODULE_LAYERS = {"stateset_agents.rewards.embeddings": 1}
 """Modules whose layer differs from their package's: the sentence embedder is a model wrapper (no rewards inside)."""
 
-KNOWN_UPWARD = {
-    ("stateset_agents.models.hf", "stateset_agents.envs.toolcalls"):
-        "the tool-call wire format still lives in envs/; issue 14 moves it beside types.py",
-}
+KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 KNOWN_CYCLES = {
     frozenset({"stateset_agents.envs.claims", "stateset_agents.envs.grounding", "stateset_agents.envs.outcome",
                "stateset_agents.envs.pack", "stateset_agents.envs.registry", "stateset_agents.envs.tools",

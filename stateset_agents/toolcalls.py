@@ -1,4 +1,7 @@
-"""Parsing tool calls out of an agent's message.
+"""The one tool-call wire format: rendering a call, and parsing calls out of a message.
+
+Used by models (chat templates), envs (the env executes parsed calls) and serving (replies and streamed deltas)
+alike, so all of them read the same markup with the same regex.
 
 The documented format (what the agent strategy prompts teach, and what Hermes/Qwen-style chat
 templates emit) is one or more tagged JSON objects::
@@ -18,8 +21,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ParsedCall", "ParsedMessage", "format_tool_call", "parse_message"]
+__all__ = ["TOOL_CALL_TAG", "ParsedCall", "ParsedMessage", "format_tool_call", "parse_message", "strip_tool_calls"]
 
+TOOL_CALL_TAG = "<tool_call>"
+"""The opening tag of the documented format."""
 _TAG_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _FENCE_RE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
@@ -42,6 +47,11 @@ class ParsedMessage:
 def format_tool_call(name: str, arguments: dict[str, Any]) -> str:
     """The documented format for one call."""
     return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "</tool_call>"
+
+
+def strip_tool_calls(text: str) -> str:
+    """``text`` with every tagged call removed (an unclosed tag runs to the end); whitespace is left as it is."""
+    return _TAG_RE.sub("", text)
 
 
 def _from_obj(obj: Any) -> ParsedCall:
@@ -68,7 +78,7 @@ def _looks_like_call(obj: Any) -> bool:
 
 def parse_message(text: str) -> ParsedMessage:
     """Split an agent message into user-visible text and tool calls (possibly malformed ones)."""
-    if "<tool_call>" in text:
+    if TOOL_CALL_TAG in text:
         calls = []
         for m in _TAG_RE.finditer(text):
             body = m.group(1).strip()
@@ -77,7 +87,7 @@ def parse_message(text: str) -> ParsedMessage:
             except json.JSONDecodeError as e:
                 calls.append(ParsedCall(None, None, f"tool call is not valid JSON ({e.msg} at char {e.pos}): "
                                         f"{body[:80]!r}"))
-        return ParsedMessage(_TAG_RE.sub("", text).strip(), calls)
+        return ParsedMessage(strip_tool_calls(text).strip(), calls)
     stripped = text.strip()
     fence = _FENCE_RE.match(stripped)
     candidate = fence.group(1) if fence else stripped

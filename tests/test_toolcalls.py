@@ -1,6 +1,6 @@
 import pytest
 
-from stateset_agents.envs import format_tool_call, parse_message
+from stateset_agents.toolcalls import format_tool_call, parse_message
 
 
 def test_documented_tag_format_with_text():
@@ -47,3 +47,18 @@ def test_unclosed_tag_still_parses():
 def test_bad_argument_string():
     p = parse_message('<tool_call>{"name": "a", "arguments": "{oops"}</tool_call>')
     assert p.calls[0].error.startswith("arguments of 'a' are not valid JSON")
+
+
+def test_strip_tool_calls_keeps_surrounding_whitespace():
+    from stateset_agents.toolcalls import strip_tool_calls
+
+    msg = "  Checking. " + format_tool_call("a", {}) + " done <tool_call>{\"name\": \"b\""
+    assert strip_tool_calls(msg) == "  Checking.  done "
+    assert parse_message(msg).text == "Checking.  done"
+
+
+def test_serving_and_envs_share_the_one_parser():
+    import stateset_agents.envs as envs
+    import stateset_agents.toolcalls as toolcalls
+
+    assert envs.parse_message is toolcalls.parse_message and envs.format_tool_call is toolcalls.format_tool_call
