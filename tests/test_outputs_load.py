@@ -64,6 +64,10 @@ def test_full_checkpoint_loads_with_auto_model(tiny_model_path, tmp_path):
 
     trainer, ckpt = _train(tiny_model_path, tmp_path, use_lora=False)
     assert (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file()
+    # the only top-level *.safetensors is the model's: vLLM loads them all as weights (the optimiser, RNG and
+    # value-head tensors are in trainer_state/, which no loader reads)
+    assert [p.name for p in ckpt.glob("*.safetensors")] == ["model.safetensors"]
+    assert (ckpt / "trainer_state" / "optimizer.safetensors").is_file()
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(ckpt)
     ids = tok.apply_chat_template([{"role": "user", "content": "Where is my order?"}], add_generation_prompt=True,

@@ -149,7 +149,7 @@ class GAE(GroupRelative):
         self.optimizer.step()
 
     def writer(self) -> Any:
-        from .checkpoint import optimizer_tensors
+        from .checkpoint import optimizer_tensors, state_dir
 
         weights = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
         ot, om = optimizer_tensors(self.optimizer)
@@ -157,20 +157,21 @@ class GAE(GroupRelative):
         def write(tmp: Path) -> dict[str, Any]:
             from safetensors.torch import save_file
 
-            save_file(weights, str(tmp / "value_head.safetensors"))
-            save_file(ot, str(tmp / "value_optimizer.safetensors"))
-            (tmp / "value_optimizer.json").write_text(json.dumps(om), encoding="utf-8")
+            own = state_dir(tmp)
+            save_file(weights, str(own / "value_head.safetensors"))
+            save_file(ot, str(own / "value_optimizer.safetensors"))
+            (own / "value_optimizer.json").write_text(json.dumps(om), encoding="utf-8")
             return {}
         return write
 
     def load(self, path: Path) -> None:
         from safetensors.torch import load_file
 
-        from .checkpoint import load_optimizer
+        from .checkpoint import load_optimizer, state_file
 
-        self.head.load_state_dict(load_file(str(path / "value_head.safetensors")))
-        load_optimizer(self.optimizer, load_file(str(path / "value_optimizer.safetensors")),
-                       json.loads((path / "value_optimizer.json").read_text(encoding="utf-8")))
+        self.head.load_state_dict(load_file(str(state_file(path, "value_head.safetensors"))))
+        load_optimizer(self.optimizer, load_file(str(state_file(path, "value_optimizer.safetensors"))),
+                       json.loads(state_file(path, "value_optimizer.json").read_text(encoding="utf-8")))
 
 
 ESTIMATORS: dict[str, type[GroupRelative]] = {"grpo": GroupRelative, "gae": GAE}

@@ -1,14 +1,20 @@
 """Checkpoints: written atomically, read without unpickling anything.
 
-A checkpoint is a folder ``checkpoints/step-N/``:
+A checkpoint is a folder ``checkpoints/step-N/`` whose top level is what a model loader reads:
 
-- ``adapter_model.safetensors`` + ``adapter_config.json`` (LoRA, peft's layout) or ``model.safetensors`` +
-  ``config.json`` + the tokenizer files (full fine-tune, ``save_pretrained`` layout): a folder you can serve;
-- ``optimizer.safetensors`` + ``optimizer.json``: the optimiser's tensors, and its hyperparameters and
-  non-tensor state as JSON;
-- ``value_head.safetensors`` (with ``advantage_estimator: gae``);
-- ``rng.safetensors`` + ``trainer_state.json``: step, scheduler state, torch/numpy/python RNG states;
-- ``config.yaml``: the run's config.
+- ``adapter_model.safetensors`` + ``adapter_config.json`` (LoRA, peft's layout) or ``model.safetensors`` (or
+  sharded ``model-*.safetensors`` + ``model.safetensors.index.json``) + ``config.json`` + the tokenizer files (full
+  fine-tune, ``save_pretrained`` layout): a folder you can serve. The only ``*.safetensors`` at the top level are
+  the model's (vLLM loads every top-level ``*.safetensors`` of a folder without an index as weights);
+- ``trainer_state/`` (:data:`STATE_DIR`): the trainer's own tensors, which no model loader looks into:
+  ``optimizer.safetensors`` + ``optimizer.json`` (the optimiser's tensors, and its hyperparameters and non-tensor
+  state as JSON), ``rng.safetensors`` (torch RNG states), ``value_head.safetensors`` +
+  ``value_optimizer.safetensors`` + ``value_optimizer.json`` (with ``advantage_estimator: gae``);
+- ``trainer_state.json`` (step, format, scheduler state, numpy/python RNG states, the algorithm's JSON state) and
+  ``config.yaml`` (the run's config), beside the weights: JSON and YAML, which loaders ignore.
+
+Checkpoints written before ``trainer_state/`` existed hold those files at the top level; :func:`state_file` finds a
+file in either place, so they still resume (and ``init_from`` them still works).
 
 It is written into ``checkpoints/.tmp-step-N-*`` and renamed into place with one ``os.replace``, so a crash leaves
 either the whole checkpoint or none. Loading uses ``safetensors`` and ``json`` only.
@@ -30,8 +36,30 @@ import torch
 from ..atomic import write_text_atomic
 from ..errors import ConfigError
 
-__all__ = ["latest_checkpoint", "load_optimizer", "optimizer_tensors", "restore_rng", "rng_tensors",
-           "save_atomically", "write_json_atomic"]
+__all__ = ["STATE_DIR", "latest_checkpoint", "load_optimizer", "optimizer_tensors", "restore_rng", "rng_tensors",
+           "save_atomically", "state_dir", "state_file", "write_json_atomic"]
+
+STATE_DIR = "trainer_state"
+"""The subfolder of a checkpoint that holds the trainer's own tensors (optimiser, RNG, value head)."""
+
+
+def state_dir(folder: Path) -> Path:
+    """Where a writer puts the trainer's own files in checkpoint ``folder`` (created)."""
+    d = Path(folder) / STATE_DIR
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def state_file(folder: Path, name: str) -> Path:
+    """The trainer file ``name`` of checkpoint ``folder``: ``trainer_state/NAME``, or ``NAME`` at the top level in
+    a checkpoint written before ``trainer_state/`` existed. Missing in both: a :class:`ConfigError` naming both."""
+    new, old = Path(folder) / STATE_DIR / name, Path(folder) / name
+    if new.is_file():
+        return new
+    if old.is_file():
+        return old
+    raise ConfigError(f"checkpoint {str(folder)!r} has no {STATE_DIR}/{name} (nor {name}, as older checkpoints "
+                      "had); it is incomplete: resume from another checkpoint or start the run again")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -15,7 +15,8 @@ An algorithm supplies its steps and its state (:class:`Algorithm`); the loop own
 
 Checkpoints are folders ``checkpoints/step-N`` written atomically (:func:`.checkpoint.save_atomically`); the
 newest ``keep_checkpoints`` are kept. Each holds ``trainer_state.json`` (step, format, RNG state, and the
-algorithm's JSON state), ``rng.safetensors``, ``config.yaml`` and the algorithm's files.
+algorithm's JSON state), ``config.yaml`` and the algorithm's files: the weights at the top level, the trainer's own
+tensors (``rng.safetensors``, optimiser, value head) in ``trainer_state/`` (see :mod:`.checkpoint`).
 
 Under torchrun every process runs the loop; only the main process writes files. The algorithm's
 :meth:`Algorithm.checkpoint` runs on every process (it may hold collectives, e.g. gathering FSDP shards) and
@@ -36,14 +37,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ConfigError
-from .checkpoint import latest_checkpoint, restore_rng, rng_tensors, save_atomically
+from .checkpoint import latest_checkpoint, restore_rng, rng_tensors, save_atomically, state_dir, state_file
 from .dist import DistContext
 from .metrics_io import keep_rows_through_step
 from .run_config import RunConfig
 
 __all__ = ["Algorithm", "RunLoop", "peak_rss_mb", "step_seed"]
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the trainer's own tensors in trainer_state/ (2 and older: beside the weights)
 
 
 def step_seed(seed: int, step: int, what: str) -> int:
@@ -207,7 +208,7 @@ class RunLoop:
         def write(tmp: Path) -> None:
             own = writer(tmp)
             rt, rm = rng_tensors()
-            save_file(rt, str(tmp / "rng.safetensors"))
+            save_file(rt, str(state_dir(tmp) / "rng.safetensors"))
             (tmp / "config.yaml").write_text(self.config.to_yaml(), encoding="utf-8")
             state = {**own, "step": step, "rng": rm, "format": self.format, "version": CHECKPOINT_VERSION,
                      "world_size": self.dist.world_size}
@@ -226,16 +227,16 @@ class RunLoop:
         from safetensors.torch import load_file
 
         path = Path(path)
-        state_file = path / "trainer_state.json"
-        if not state_file.is_file():
+        state_json = path / "trainer_state.json"
+        if not state_json.is_file():
             raise ConfigError(f"{str(path)!r} is not a checkpoint (no trainer_state.json)")
-        state = json.loads(state_file.read_text(encoding="utf-8"))
+        state = json.loads(state_json.read_text(encoding="utf-8"))
         found = state.get("format", "stateset_agents.grpo")
         if found != self.format:
             raise ConfigError(f"{str(path)!r} is a {found!r} checkpoint, not {self.format!r}; resume it with the "
                               "config that wrote it, or start this run in a new output_dir")
         self.algo.load_checkpoint_state(path, state)
-        restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])
+        restore_rng(load_file(str(state_file(path, "rng.safetensors"))), state["rng"])
         self.algo.step = int(state["step"])
 
     def _resume(self, resume: bool | str) -> None:

@@ -28,7 +28,7 @@ import torch
 from ..errors import ConfigError
 from ..types import SamplingParams
 from .batch import Sample, collate
-from .checkpoint import latest_checkpoint, load_optimizer, optimizer_tensors
+from .checkpoint import latest_checkpoint, load_optimizer, optimizer_tensors, state_dir, state_file
 from .dist import DistContext
 from .model_checks import refuse_rescaled_logits
 from .prefix import (
@@ -209,8 +209,9 @@ class Policy:
                 ot, om = optimizer_state_to_files(full[1])
             else:
                 ot, om = optimizer_tensors(optimizer)
-            save_file(ot, str(tmp / "optimizer.safetensors"))
-            (tmp / "optimizer.json").write_text(json.dumps(om), encoding="utf-8")
+            own = state_dir(tmp)  # not beside the weights: loaders glob *.safetensors there
+            save_file(ot, str(own / "optimizer.safetensors"))
+            (own / "optimizer.json").write_text(json.dumps(om), encoding="utf-8")
             return {"is_lora": self.is_lora, "fsdp": self.fsdp is not None, "replicas": replicas,
                     "base_model": self.config.model}
         return write
@@ -235,13 +236,13 @@ class Policy:
                 from .fsdp import optimizer_state_from_files
 
                 self.fsdp.load_full_state(sd, optimizer, optimizer_state_from_files(
-                    load_file(str(path / "optimizer.safetensors")),
-                    json.loads((path / "optimizer.json").read_text(encoding="utf-8"))))
+                    load_file(str(state_file(path, "optimizer.safetensors"))),
+                    json.loads(state_file(path, "optimizer.json").read_text(encoding="utf-8"))))
             else:
                 _load_full(self.model, sd, path)
         if self.fsdp is None:
-            load_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")),
-                           json.loads((path / "optimizer.json").read_text(encoding="utf-8")))
+            load_optimizer(optimizer, load_file(str(state_file(path, "optimizer.safetensors"))),
+                           json.loads(state_file(path, "optimizer.json").read_text(encoding="utf-8")))
             self.dist.broadcast_parameters(self.params)
 
 

@@ -272,7 +272,7 @@ def test_fsdp_two_processes_match_one_process_and_resume(one_process_run, tiny_m
     assert max_abs_diff(final_weights(one_process_run), w_fsdp) < 1e-4
     state = trainer_state(run_dir)
     assert state["fsdp"] is True and state["replicas"] is None  # sharded: nothing to compare bit for bit
-    optim = json.loads((run_dir / "checkpoints" / f"step-{STEPS}" / "optimizer.json").read_text())
+    optim = json.loads((run_dir / "checkpoints" / f"step-{STEPS}" / "trainer_state" / "optimizer.json").read_text())
     assert optim["format"] == "by_name" and "model.embed_tokens.weight" in optim["param_groups"][0]["params"]
 
     run(torchrun(2, "-m", "stateset_agents", "train", str(cfg), "--resume", "--max-steps", str(STEPS + 1)))

@@ -243,7 +243,7 @@ def test_resume_continues_exactly(tiny_model_path, tmp_path, use_lora):
     assert ra == pytest.approx(rb, abs=1e-9)
     ckpts = sorted(p.name for p in (tmp_path / "b/run/checkpoints").iterdir())
     assert ckpts == ["step-3", "step-4"]  # keep_checkpoints=2, no temp folders left
-    files = {p.suffix for p in (tmp_path / "b/run/checkpoints/step-4").iterdir()}
+    files = {p.suffix for p in (tmp_path / "b/run/checkpoints/step-4").rglob("*") if p.is_file()}
     assert files <= {".safetensors", ".json", ".yaml", ".md", ".txt", ".jinja"}  # nothing to unpickle
 
 
