@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validat
 from rich.table import Table
 
 from .errors import ConfigError, SyncInAsyncError
+from .rewards.base import score_group
 from .rollout import rollout
 from .transcripts import (
     Transcript,
@@ -525,15 +526,8 @@ async def _score(reward: Any, groups: list[TrajectoryGroup], concurrency: int) -
     sem = asyncio.Semaphore(concurrency)
 
     async def one(g: TrajectoryGroup) -> list[RewardResult]:
-        async with sem:
-            try:
-                results = list(await reward.score(g))
-            except Exception as e:  # recorded per trial and counted in reward_errors, never hidden
-                return [RewardResult(value=None, error=f"reward failed: {type(e).__name__}: {e}")] * len(g)
-        if len(results) != len(g):
-            return [RewardResult(value=None, error=f"reward {getattr(reward, 'name', reward)!r} returned "
-                                 f"{len(results)} results for {len(g)} trajectories")] * len(g)
-        return results
+        async with sem:  # a failing reward is recorded per trial and counted in reward_errors, never hidden
+            return await score_group(reward, g)
 
     return list(await asyncio.gather(*[one(g) for g in groups]))
 

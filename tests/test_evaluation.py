@@ -193,7 +193,7 @@ async def test_a_failing_reward_is_recorded_per_trial():
 
     report = await aevaluate(_agent(), _factory, IDS[:2], k=2, reward=Broken(), progress=False)
     trials = [t for s in report.results for t in s.trials]
-    assert all(t.reward is None and t.reward_error == "reward failed: RuntimeError: judge unreachable"
+    assert all(t.reward is None and t.reward_error == "broken raised RuntimeError: judge unreachable"
                for t in trials)
     assert (report.overall.reward_errors, report.overall.reward_missing, report.overall.mean_reward) == (4, 4, None)
 

@@ -10,15 +10,22 @@ a made-up number. ``components`` names every part that went into ``value``.
 
 A failed trajectory (``trajectory.error`` set) is never scored as if it worked: the built-in functions return
 ``value=None`` with ``error="trajectory failed: ..."`` for it.
+
+Every caller that scores a group (the trainers, evaluation, composition) goes through :func:`score_group`, so
+one error policy holds everywhere: a reward that raises (a judge endpoint down) leaves every trajectory of the
+group with ``value=None`` and an error naming the reward, recorded and never scored as 0; a reward that breaks the
+contract (a wrong number of results, or a :class:`~stateset_agents.errors.ConfigError`) raises at once.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from ..errors import ConfigError
 from ..types import Message, RewardResult, Trajectory, TrajectoryGroup
 
-__all__ = ["RewardFunction", "TrajectoryReward", "agent_messages", "agent_text", "failed_result"]
+__all__ = ["RewardFunction", "TrajectoryReward", "agent_messages", "agent_text", "check_results", "failed_result",
+           "score_group"]
 
 
 @runtime_checkable
@@ -30,6 +37,29 @@ class RewardFunction(Protocol):
 
 def failed_result(t: Trajectory) -> RewardResult:
     return RewardResult(value=None, error=f"trajectory failed: {t.error}")
+
+
+def check_results(reward: Any, group: TrajectoryGroup, results: list[RewardResult], *, what: str = "reward"
+                  ) -> list[RewardResult]:
+    """``results`` when there is one per trajectory of ``group``; else a :class:`ConfigError` naming the reward."""
+    if len(results) != len(group):
+        raise ConfigError(f"{what} {getattr(reward, 'name', reward)!r} returned {len(results)} results for a group "
+                          f"of {len(group)}; a RewardFunction returns one result per trajectory")
+    return results
+
+
+async def score_group(reward: Any, group: TrajectoryGroup) -> list[RewardResult]:
+    """``reward.score(group)`` under the one error policy (see the module docs): a reward that raises gives every
+    trajectory ``RewardResult(value=None, error="NAME raised TYPE: MESSAGE")``; a wrong number of results, or a
+    ``ConfigError`` from the reward, raises."""
+    try:
+        results = list(await reward.score(group))
+    except ConfigError:
+        raise
+    except Exception as e:  # recorded on every trajectory and counted downstream, never scored as 0
+        name = getattr(reward, "name", type(reward).__name__)
+        return [RewardResult(value=None, error=f"{name} raised {type(e).__name__}: {e}") for _ in group.trajectories]
+    return check_results(reward, group, results)
 
 
 def agent_messages(t: Trajectory) -> list[Message]:

@@ -29,7 +29,7 @@ from typing import Literal
 
 from ..errors import ConfigError
 from ..types import RewardResult, TrajectoryGroup
-from .base import RewardFunction
+from .base import RewardFunction, score_group
 
 __all__ = ["Combined", "GeometricMean", "Minimum", "WeightedMean", "WeightedSum"]
 
@@ -102,18 +102,9 @@ class Combined:
         self.combine, self.normalize, self.name = combine, normalize, name
         self.weights = {n: float(w) for n, (_, w) in zip(names, components, strict=True)}
 
-    async def _run(self, fn: RewardFunction, group: TrajectoryGroup) -> list[RewardResult]:
-        try:
-            res = await fn.score(group)
-        except Exception as e:  # a crashing component is recorded, not scored as 0
-            return [RewardResult(value=None, error=f"{fn.name} raised {type(e).__name__}: {e}") for _ in group.trajectories]
-        if len(res) != len(group.trajectories):
-            return [RewardResult(value=None, error=f"{fn.name} returned {len(res)} results for "
-                                 f"{len(group.trajectories)} trajectories") for _ in group.trajectories]
-        return res
-
     async def score(self, group: TrajectoryGroup) -> list[RewardResult]:
-        per_fn = await asyncio.gather(*[self._run(fn, group) for fn, _ in self.components])
+        # a crashing component is recorded (score_group), and the other components still count
+        per_fn = await asyncio.gather(*[score_group(fn, group) for fn, _ in self.components])
         names = list(self.weights)
         raw = {n: [r.value for r in res] for n, res in zip(names, per_fn, strict=True)}
         used = {n: (_normalize(v, self.normalize) if self.normalize else v) for n, v in raw.items()}

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError
 from ..types import RewardResult, TrajectoryGroup
-from .base import failed_result
+from .base import check_results, failed_result
 from .neural_model import spearman
 
 __all__ = ["Mode", "NeuralRewardStats", "OnlineImitation", "ReplayBuffer"]
@@ -241,10 +241,7 @@ class OnlineImitation:
         return out
 
     async def _score_with_teacher(self, group: TrajectoryGroup) -> list[RewardResult]:
-        results = await self.teacher.score(group)
-        if len(results) != len(group):
-            raise ConfigError(f"teacher {self.teacher.name!r} returned {len(results)} results for a group of "
-                              f"{len(group)}; a RewardFunction returns one result per trajectory")
+        results = check_results(self.teacher, group, list(await self.teacher.score(group)), what="teacher")
         feats = self.features(group.trajectories)
         preds = self._maybe_predict(feats)
         out = []

@@ -9,8 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import TrainingError
-from ..rewards.base import RewardResult
+from ..rewards.base import RewardResult, score_group
 from ..rollout import AGENT_FAILURES
 from ..types import TrajectoryGroup
 from .losses import has_variance
@@ -24,13 +23,14 @@ DROP_REASONS = ("user_simulator", "model_error", "env_error", "reward_none", "re
 
 
 def assign_rewards(group: TrajectoryGroup, results: Sequence[RewardResult],
-                   failure_reward: float | str) -> dict[str, int]:
+                   failure_reward: float | str | None) -> dict[str, int]:
     """Set each trajectory's ``reward`` and ``components`` from the reward's ``results``; return a count per reason
     (:data:`DROP_REASONS` for those left without a reward, ``rollout.AGENT_FAILURES`` for those scored as failures).
 
     An episode that the agent's own output ended (an empty or overlong reply, a conversation too long for the
     context) stays in its group with ``failure_reward``: ``"group_min"`` is the lowest reward of the group's
-    scored episodes (0 when there is none), so the policy is pushed away from what it did there."""
+    scored episodes (0 when there is none), so the policy is pushed away from what it did there. With
+    ``failure_reward=None`` such episodes get no reward either (counted under their reason)."""
     counts: dict[str, int] = {}
     for t, r in zip(group.trajectories, results, strict=True):
         t.components = dict(r.components)
@@ -46,7 +46,10 @@ def assign_rewards(group: TrajectoryGroup, results: Sequence[RewardResult],
             continue
         counts[reason] = counts.get(reason, 0) + 1
     failed = [t for t in group.trajectories if t.failure in AGENT_FAILURES]
-    if failed:
+    if failed and failure_reward is None:
+        for t in failed:
+            counts[t.failure] = counts.get(t.failure, 0) + 1
+    elif failed:
         scored = [t.reward for t in group.trajectories if t.reward is not None]
         value = (min(scored) if scored else 0.0) if failure_reward == "group_min" else float(failure_reward)
         for t in failed:
@@ -55,14 +58,12 @@ def assign_rewards(group: TrajectoryGroup, results: Sequence[RewardResult],
     return counts
 
 
-async def score_groups(reward: Any, groups: Sequence[TrajectoryGroup], failure_reward: float | str
+async def score_groups(reward: Any, groups: Sequence[TrajectoryGroup], failure_reward: float | str | None
                        ) -> tuple[list[list[RewardResult]], dict[str, int]]:
-    """Score every group (concurrently), assign the rewards; return the results and the counts per reason."""
-    results = await asyncio.gather(*(reward.score(g) for g in groups))
-    for g, res in zip(groups, results, strict=True):
-        if len(res) != len(g):
-            raise TrainingError(f"reward {reward.name!r} returned {len(res)} results for a group of "
-                                f"{len(g)}; a RewardFunction returns one result per trajectory")
+    """Score every group (concurrently, :func:`~stateset_agents.rewards.base.score_group`: a reward that raises is
+    recorded on its trajectories and counted as ``reward_error``), assign the rewards; return the results and the
+    counts per reason."""
+    results = await asyncio.gather(*(score_group(reward, g) for g in groups))
     failures = dict.fromkeys((*AGENT_FAILURES, *DROP_REASONS), 0)
     for g, res in zip(groups, results, strict=True):
         for reason, n in assign_rewards(g, res, failure_reward).items():

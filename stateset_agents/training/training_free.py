@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..agents.experience import OP_NAMES, ExperienceLibrary
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError
 from ..models.base import SamplingParams
 from ..rewards.base import RewardFunction
 from ..rollout import rollout
@@ -47,6 +47,7 @@ from .dist import DistContext
 from .evaluate import evaluate_run
 from .loop import RunLoop, Writer, step_seed
 from .scenarios import run_scenarios
+from .scoring import score_groups
 from .semantic_advantage import LearnerFailed, SemanticLearner, consolidate_by_embedding
 from .tf_config import LearnerEndpoint, TrainingFreeConfig
 
@@ -135,17 +136,6 @@ class TrainingFreeGRPO:
             return f"Task ({self.domain}): scenario {scenario_id}"
         return f"Task ({self.domain}): {s.title}. The customer's goal: {s.goal.description}"
 
-    async def _score(self, groups: list[TrajectoryGroup]) -> None:
-        results = await asyncio.gather(*(self.reward.score(g) for g in groups))
-        for g, res in zip(groups, results, strict=True):
-            if len(res) != len(g):
-                raise TrainingError(f"reward {self.reward.name!r} returned {len(res)} results for a group of "
-                                    f"{len(g)}; a RewardFunction returns one result per trajectory")
-            for t, r in zip(g.trajectories, res, strict=True):
-                ok = t.error is None and r.value is not None and math.isfinite(r.value)
-                t.reward = r.value if ok else None
-                t.components = dict(r.components)
-
     async def astep(self) -> dict[str, Any]:
         """Roll out, score, learn from the groups whose rewards differ, update and save the library."""
         cfg = self.config
@@ -156,7 +146,8 @@ class TrainingFreeGRPO:
                                concurrency=cfg.rollout_concurrency, seed=step_seed(cfg.seed, step, "rollout"),
                                progress=False)
         t_rollout = time.perf_counter() - t0
-        await self._score(groups)
+        # an episode that failed, or a reward that failed or does not apply: no reward, counted in failures/*
+        _, failures = await score_groups(self.reward, groups, None)
         t_score = time.perf_counter() - t0 - t_rollout
 
         kept: list[tuple[TrajectoryGroup, float]] = []
@@ -201,9 +192,10 @@ class TrainingFreeGRPO:
             f.writelines(json.dumps(x) + "\n" for x in lines)
 
         self.step += 1
-        return self._metrics(step, groups, kept, proposals, applied, dropped, consolidation_error, stats0, {
+        metrics = self._metrics(step, groups, kept, proposals, applied, dropped, consolidation_error, stats0, {
             "rollout": t_rollout, "score": t_score, "learner": t_learner, "apply": t_apply, "save": t_save,
             "total": time.perf_counter() - t0})
+        return {**metrics, **{f"failures/{k}": v for k, v in failures.items()}}
 
     def _metrics(self, step: int, groups: Sequence[TrajectoryGroup], kept: Sequence[Any], proposals: Sequence[Any],
                  applied: Sequence[Any], dropped: int, consolidation_error: str | None, stats0: dict[str, int],

@@ -171,6 +171,19 @@ def test_groups_with_equal_rewards_are_not_sent_to_the_learner(tiny_model, tmp_p
     assert m["groups"] == 2 and m["groups_kept"] == 0 and m["learner_calls"] == 0 and len(trainer.library) == 0
 
 
+def test_a_reward_that_raises_is_counted_not_learned_from(tiny_model, tmp_path):
+    class Down:
+        name = "judge"
+
+        async def score(self, group):
+            raise RuntimeError("judge endpoint down")
+
+    learner = ScriptedLearner(lambda s, m: pytest.fail("the learner must not be called"))
+    make(tiny_model, tmp_path, learner, reward=Down(), epochs=1).train()
+    [m] = rows(tmp_path / "run" / "metrics.jsonl")
+    assert m["scored"] == 0 and m["groups_kept"] == 0 and m["failures/reward_error"] == 4
+
+
 def test_embedding_consolidation_merges_near_duplicates_without_a_learner_call(tiny_model, tmp_path):
     def respond(stage, messages):
         text = "Answer in full sentences." if "toy 0." in messages[1].content else "answer in full SENTENCES"
