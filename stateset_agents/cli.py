@@ -9,7 +9,7 @@
     stateset-agents train CONFIG [--resume]   train with SFT, GRPO or Training-Free GRPO (its `algorithm`)
     stateset-agents report RUN_DIR            plot a run's reward components over steps (RUN_DIR/plot.png) and write
                                               RUN_DIR/report.html (curves, before/after, every eval transcript)
-    stateset-agents show FILE [--scenario ID] [--failed] [--diff OTHER]
+    stateset-agents show FILE [--scenario ID] [--failed] [--step N] [--diff OTHER]
                                               print transcripts (*.transcripts.jsonl), side by side with --diff
     stateset-agents eval --env NAME [--k 4] [--json OUT]
                                               success rate, reward, pass@k and pass^k on a split
@@ -174,11 +174,12 @@ def _report(args: argparse.Namespace, console: Console) -> int:
 
 def _show(args: argparse.Namespace, console: Console) -> int:
     from .transcripts import read_transcripts
-    from .transcripts_show import render, render_diff
+    from .transcripts_show import at_step, render, render_diff
 
-    records = read_transcripts(args.file)
+    records = at_step(read_transcripts(args.file), args.step, args.file)
     if args.diff is not None:
-        render_diff(console, records, read_transcripts(args.diff), scenario=args.scenario, failed=args.failed)
+        other = at_step(read_transcripts(args.diff), args.step, args.diff)
+        render_diff(console, records, other, scenario=args.scenario, failed=args.failed)
     else:
         render(console, records, scenario=args.scenario, failed=args.failed)
     return 0
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="print transcripts (*.transcripts.jsonl written by eval --json and train)")
     show.add_argument("file", help="a transcripts file, e.g. RUN_DIR/eval_after.transcripts.jsonl")
     show.add_argument("--scenario", default=None, help="only this scenario id")
+    show.add_argument("--step", type=int, default=None, help="only this training step (of a training run's "
+                      "RUN_DIR/train_transcripts.jsonl; with --diff, in both files)")
     show.add_argument("--failed", action="store_true", help="only failed episodes (with --diff: pairs where "
                       "either side failed)")
     show.add_argument("--diff", default=None, metavar="OTHER", help="a second transcripts file (e.g. the after "

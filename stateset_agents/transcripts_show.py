@@ -1,10 +1,12 @@
-"""``stateset-agents show FILE [--scenario ID] [--failed] [--diff OTHER]``: print transcripts with rich.
+"""``stateset-agents show FILE [--scenario ID] [--failed] [--step N] [--diff OTHER]``: print transcripts with rich.
 
 Each episode: a header (scenario, trial, seed, PASS/FAIL, outcome score, reward), one panel per message (the
 system prompt folded to its first line), and the outcome (how it ended, goal, database differences, forbidden
 actions, error, reward components). ``--diff OTHER`` pairs the episodes of two files by (domain, scenario,
 trial), e.g. the ``before`` and ``after`` evaluations of a training run, which use the same seeds, and prints
 each pair side by side. ``--failed`` keeps failed episodes (with ``--diff``: pairs where either side failed).
+``--step N`` keeps the episodes of training step N of a training run's ``train_transcripts.jsonl``
+(:func:`at_step`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from rich.text import Text
 from .errors import ConfigError
 from .transcripts import Transcript
 
-__all__ = ["render", "render_diff", "select"]
+__all__ = ["at_step", "render", "render_diff", "select"]
 
 _STYLE = {"system": "dim", "user": "cyan", "assistant": "green", "tool": "yellow"}
 
@@ -38,12 +40,29 @@ def select(records: Sequence[Transcript], *, scenario: str | None = None, failed
     return [r for r in records if (scenario is None or r.scenario_id == scenario) and not (failed and r.success)]
 
 
+def at_step(records: Sequence[Transcript], step: int | None, where: str = "the transcripts") -> list[Transcript]:
+    """The records of training step ``step`` (all when None). A file without step numbers (an evaluation's) or
+    without that step raises :class:`ConfigError` saying which steps it has."""
+    if step is None:
+        return list(records)
+    steps = sorted({r.step for r in records if r.step is not None})
+    if not steps:
+        raise ConfigError(f"--step {step}: {where} has no training steps (it is not a training run's "
+                          "RUN_DIR/train_transcripts.jsonl); leave --step out")
+    if step not in steps:
+        have = f"{steps[0]}..{steps[-1]}" if steps == list(range(steps[0], steps[-1] + 1)) else \
+            ", ".join(map(str, steps[:12])) + (" ..." if len(steps) > 12 else "")
+        raise ConfigError(f"--step {step} is not in {where}; it has steps {have}")
+    return [r for r in records if r.step == step]
+
+
 def _verdict(r: Transcript) -> str:
     return "PASS" if r.success else "FAIL"
 
 
 def _title(r: Transcript) -> str:
-    parts = [r.scenario_id, f"trial {r.trial}" if r.trial is not None else None,
+    parts = [f"step {r.step}" if r.step is not None else None, r.scenario_id,
+             f"trial {r.trial}" if r.trial is not None else None,
              f"seed {r.seed}" if r.seed is not None else None, r.tag]
     return " · ".join(p for p in parts if p)
 

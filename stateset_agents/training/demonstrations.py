@@ -108,11 +108,15 @@ async def reference_demonstrations(agent: Any, pack: Any, scenarios: Sequence[st
 
 
 async def rollout_demonstrations(agent: Any, env_factory: Callable[[], Any], scenarios: Sequence[str], k: int, *,
-                                 seed: int, concurrency: int, min_success: int = 1
+                                 seed: int, concurrency: int, min_success: int = 1,
+                                 on_groups: Callable[[list[Any]], Any] | None = None
                                  ) -> tuple[list[Trajectory], dict[str, Any]]:
-    """``k`` episodes per scenario with the agent's current policy; keep the successes (rejection sampling)."""
+    """``k`` episodes per scenario with the agent's current policy; keep the successes (rejection sampling).
+    ``on_groups`` sees every episode first (grouped per scenario), e.g. to write them as transcripts."""
     groups = await rollout(agent, env_factory, list(scenarios), k, concurrency=concurrency, seed=seed,
                            progress=False)
+    if on_groups is not None:
+        on_groups(groups)
     trajs = [t for g in groups for t in g.trajectories]
     kept = [t for t in trajs if _success(t)]
     _require(len(kept), min_success, f"sampling {k} episodes of each of {len(scenarios)} scenarios with the policy",

@@ -153,6 +153,9 @@ class PolicyConfig(RunConfig):
     """Recompute activations in the backward pass (less memory, more time)."""
     fsdp: bool = False
     """Full fine-tune with FSDP2 under torchrun: weights, gradients and AdamW state sharded over processes."""
+    train_transcripts: bool = True
+    """Write every training episode (GRPO's rollouts, SFT's rejection-sampling episodes) to
+    ``train_transcripts.jsonl`` in the run folder (docs/transcripts.md); false to save disk."""
 
     @model_validator(mode="after")
     def _policy_checks(self) -> PolicyConfig:

@@ -36,6 +36,7 @@ from .dist import DistContext
 from .evaluate import evaluate_run
 from .loop import RunLoop, Writer, step_seed
 from .policy import Policy, lr_lambda
+from .rollout_log import TRAIN_TRANSCRIPTS, log_train_episodes
 from .scenarios import run_scenarios
 from .sft_config import SFTConfig
 
@@ -55,7 +56,7 @@ class SFTTrainer:
     """
 
     name = "sft"
-    logs: tuple[str, ...] = ()
+    logs: tuple[str, ...] = (TRAIN_TRANSCRIPTS,)
 
     def __init__(self, agent: Any, env_factory: Any, reward: Any, config: SFTConfig, *,
                  policy: Policy | None = None, dist: DistContext | None = None) -> None:
@@ -124,7 +125,9 @@ class SFTTrainer:
             return await rollout_demonstrations(self.agent, self.env_factory, self.scenarios, demo.k,
                                                 seed=step_seed(self.config.seed, 0, "rft"),
                                                 concurrency=self.config.rollout_concurrency,
-                                                min_success=demo.min_success)
+                                                min_success=demo.min_success,  # every episode, kept or not:
+                                                on_groups=lambda gs: log_train_episodes(self, gs, step=0,
+                                                                                        gather=False))
         return jsonl_demonstrations(demo.path or "", self.agent, self.pack.tools_openai())
 
     # ------------------------------------------------------------------ one step

@@ -50,6 +50,7 @@ from .grpo_update import GRPOUpdate, plan_updates
 from .loop import RunLoop, Writer, step_seed
 from .model_checks import refuse_dropout, refuse_rescaled_logits
 from .policy import Policy, lr_lambda
+from .rollout_log import TRAIN_TRANSCRIPTS, log_train_episodes
 from .scenarios import pick_scenarios
 from .scoring import DROP_REASONS, assign_rewards, group_signal, score_groups
 
@@ -71,7 +72,7 @@ class GRPOTrainer(GRPOUpdate):
     """
 
     name = "grpo"
-    logs: tuple[str, ...] = ()
+    logs: tuple[str, ...] = (TRAIN_TRANSCRIPTS,)
 
     def __init__(self, agent: Any, env_factory: Callable[[], Any], reward: RewardFunction, config: GRPOConfig,
                  *, dist: DistContext | None = None,
@@ -173,6 +174,7 @@ class GRPOTrainer(GRPOUpdate):
                                progress=False) if mine else []
         t_rollout = time.perf_counter() - t0
         results, failures = await score_groups(self.reward, groups, cfg.failure_reward)
+        log_train_episodes(self, groups, results, step=step + 1)  # train_transcripts.jsonl, as in metrics.jsonl
         t_score = time.perf_counter() - t0 - t_rollout
 
         trajs = [t for g in groups for t in g.trajectories]
