@@ -20,6 +20,9 @@ Every message names the bad value and says how to fix it.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "ConfigError",
     "ContextOverflowError",
@@ -32,7 +35,7 @@ __all__ = [
     "SyncInAsyncError",
     "TrainingError",
     "UnknownScenarioError",
-]
+]  # the exception tree only; did_you_mean (below) is a helper for writing their messages
 
 
 class StatesetError(Exception):
@@ -84,3 +87,10 @@ class ModelNotInstalledError(StatesetError, ImportError):
 
 class TrainingError(StatesetError, RuntimeError):
     """Training cannot go on: the message says what was found and what to change."""
+
+
+def did_you_mean(value: object, choices: Iterable[str], *, n: int = 3) -> str:
+    """The fix for an unknown name or id: ``"Did you mean 'a', 'b'?"`` with up to ``n`` close matches of
+    ``value`` among ``choices``, or ``""`` when none is close. Every "unknown X" message words it this way."""
+    close = difflib.get_close_matches(str(value), list(choices), n=n, cutoff=0.5)
+    return f"Did you mean {', '.join(map(repr, close))}?" if close else ""

@@ -13,13 +13,12 @@ raises :class:`~stateset_agents.errors.PackError` naming the file and field.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 __all__ = ["resolve_env"]
 
@@ -75,7 +74,7 @@ def _unknown(text: str, ids: list[str], packs: list[str]) -> ConfigError:
     if not _GYM_ID.match(text) and (os.sep in text or text.startswith((".", "~"))):
         return ConfigError(f"environment folder {text!r} does not exist; pass an existing pack folder, a "
                            f"built-in pack ({', '.join(packs)}) or a registered id ({_LIST})")
-    close = difflib.get_close_matches(text, ids + packs, n=3, cutoff=0.5)
-    hint = f"Did you mean {', '.join(map(repr, close))}? " if close else ""
+    hint = did_you_mean(text, ids + packs)
+    hint = hint + " " if hint else ""
     return ConfigError(f"unknown environment {text!r}: not a registered id, a pack folder or a built-in pack. {hint}"
                        f"Built-in packs: {', '.join(packs)}; {_LIST}")

@@ -32,3 +32,10 @@ def test_import_prints_nothing_and_configures_no_logging():
             "assert not logging.getLogger().handlers, logging.getLogger().handlers")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout == "" and out.stderr == ""
+
+
+def test_did_you_mean_names_close_matches_or_nothing():
+    assert errors.did_you_mean("customer_servce", ["customer_service", "sales"]) == "Did you mean 'customer_service'?"
+    assert errors.did_you_mean("zzz", ["customer_service", "sales"]) == ""
+    assert errors.did_you_mean("cs-ship-01", ["cs-ship-001", "cs-ship-002", "cs-refund-001"], n=2) == \
+        "Did you mean 'cs-ship-001', 'cs-ship-002'?"

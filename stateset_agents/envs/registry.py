@@ -9,7 +9,6 @@ each entry point names a callable that takes no arguments and registers environm
 
 from __future__ import annotations
 
-import difflib
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from ..errors import PluginError, UnknownScenarioError
+from ..errors import PluginError, UnknownScenarioError, did_you_mean
 from .pack import EnvPack
 
 __all__ = ["BUILTIN_ENVS", "ENTRY_POINT_GROUP", "load_plugins", "register_builtin_envs", "register_pack",
@@ -77,7 +76,6 @@ def registered_envs() -> dict[str, dict[str, Any]]:
 
 def unknown_scenario(pack: EnvPack, scenario_id: str) -> UnknownScenarioError:
     ids = [s.id for s in pack.scenarios]
-    close = difflib.get_close_matches(str(scenario_id), ids, n=3, cutoff=0.5)
-    hint = f" Close matches: {', '.join(close)}." if close else ""
-    return UnknownScenarioError(f"unknown scenario {scenario_id!r} in pack {pack.name!r} "
-                                f"({len(ids)} scenarios).{hint} `stateset-agents envs list` shows them all")
+    hint = did_you_mean(scenario_id, ids)
+    return UnknownScenarioError(f"unknown scenario {scenario_id!r} in pack {pack.name!r} ({len(ids)} scenarios)."
+                                f"{' ' + hint if hint else ''} `stateset-agents envs list` shows them all")

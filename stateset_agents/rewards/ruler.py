@@ -27,7 +27,6 @@ a markdown/text/YAML file path, or the rubric text itself; see :func:`load_rubri
 from __future__ import annotations
 
 import asyncio
-import difflib
 import os
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import ConfigError, ModelError, PackError
+from ..errors import ConfigError, ModelError, PackError, did_you_mean
 from ..models.base import ChatModel, SamplingParams
 from ..models.structured import AskStats, NoValidAnswer, ask_json
 from ..types import Completion, Message, RewardResult, Trajectory, TrajectoryGroup
@@ -173,8 +172,8 @@ def load_rubric(rubric: str | os.PathLike[str]) -> tuple[str, str]:
     if not rubric.strip():
         raise ConfigError("rubric is empty; pass a built-in name, a file path or the rubric text")
     if not any(ch.isspace() for ch in rubric.strip()):
-        close = difflib.get_close_matches(rubric, list(builtins), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(rubric, builtins)
+        hint = " " + hint if hint else ""
         raise ConfigError(f"unknown rubric {rubric!r}: the built-in rubrics are {sorted(builtins)}.{hint} "
                           "A file path must end in .md, .yaml or .txt; literal rubric text must contain spaces")
     return "inline", rubric.strip()

@@ -61,7 +61,7 @@ def test_unknown_scenario_lists_close_matches():
     with pytest.raises(UnknownScenarioError) as e:
         ConversationEnv("customer_service", scenario="cs-delayed-order-01")
     assert "unknown scenario 'cs-delayed-order-01' in pack 'customer_service'" in str(e.value)
-    assert "Close matches: cs-delayed-order-001" in str(e.value)
+    assert "Did you mean 'cs-delayed-order-001'" in str(e.value)
 
 
 def test_unknown_env_id_says_did_you_mean():
