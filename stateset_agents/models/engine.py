@@ -103,20 +103,12 @@ class GenerationEngine:
         self._last_prompt: list[int] = []
         self._clear_prefix = threading.Event()
         self._grammars: GrammarCompiler | None = None
-        if precision not in ("native", "int8"):
-            raise ValueError(f"precision {precision!r} is not one of 'native', 'int8'")
-        if precision == "int8" and not fast_decode:
-            raise ValueError("precision 'int8' needs fast_decode=True (the int8 weights live in its snapshot)")
-        self.precision = precision
-        reason = unsupported_reason(model) if fast_decode else "fast_decode=False"
-        if reason and precision == "int8":
-            raise ValueError(f"precision 'int8' needs the fast decode path, which this model lacks: {reason}")
-        self._fast_reason = reason
+        self._fast_reason = unsupported_reason(model) if fast_decode else "fast_decode=False"
         self._fast: DecodeWeights | None = None
         self._fast_model = model
         self._fast_fingerprint: torch.Tensor | None = None
         self._weights_changed = threading.Event()
-        self.stats.decode_path = f"transformers ({reason})" if reason else f"fast-{precision}"
+        self.set_precision(precision)
 
     # ------------------------------------------------------------------ public
     async def generate(self, prompt_ids: list[int], sampling: SamplingParams, *,
@@ -164,6 +156,19 @@ class GenerationEngine:
         takes effect at the next admission."""
         self._clear_prefix.set()
         self._weights_changed.set()
+
+    def set_precision(self, precision: str) -> None:
+        """The fast path's weights from the next admission on: ``native`` or ``int8`` (CPU; needs the fast path)."""
+        if precision not in ("native", "int8"):
+            raise ValueError(f"precision {precision!r} is not one of 'native', 'int8'")
+        if precision == "int8" and self._fast_reason:
+            raise ValueError(f"precision 'int8' needs the fast decode path, which is off: {self._fast_reason}")
+        if precision == "int8" and self.device.type != "cpu":
+            raise ValueError(f"precision 'int8' runs torch's CPU int8 kernel, but the model is on {self.device}")
+        self.precision = precision
+        r = self._fast_reason
+        self.stats.decode_path = f"transformers ({r})" if r else f"fast-{precision}"
+        self._weights_changed.set()  # the snapshot is rebuilt at the new precision
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
