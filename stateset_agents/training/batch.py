@@ -38,6 +38,9 @@ class Sample:
     weight: float = 0.0
     """Loss weight of each of its tokens (see losses.loss_weights)."""
     ref_logprobs: list[float] | None = None
+    prox_logprobs: list[float] | None = None
+    """The trainer's own log-probs of the completion tokens before this step's first update (pi_old; GRPO's
+    mismatch correction, see training/grpo_mismatch.py); ``old_logprobs`` are the sampler's (mu)."""
     value: float | None = None
     ret: float | None = None
     extra: dict = field(default_factory=dict)

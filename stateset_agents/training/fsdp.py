@@ -119,6 +119,11 @@ class FSDPPolicy:
         _, logp, _ = self._tiny_forward(temperature=temperature, chunk_size=chunk_size)
         (logp.sum() * 0.0).backward()
 
+    def idle_forward(self, temperature: float, chunk_size: int) -> None:
+        """Take part in a no-grad forward's collectives with nothing to compute (a pass another process runs)."""
+        with torch.no_grad():
+            self._tiny_forward(temperature=temperature, chunk_size=chunk_size)
+
     def _tiny_forward(self, temperature: float, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
         ids = torch.full((1, 1), self.pad_id, dtype=torch.long, device=self.device)
         zero = torch.zeros(1, dtype=torch.long, device=self.device)

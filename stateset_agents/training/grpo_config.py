@@ -66,6 +66,20 @@ class GRPOConfig(PolicyConfig):
     failure_reward: float | Literal["group_min"] = "group_min"
     """Reward of an episode the agent's own output ended (rollout.AGENT_FAILURES); group_min: its group's lowest, or 0."""
 
+    # ------------------------------------------------------------ training-inference mismatch (grpo_mismatch.py)
+    rollout_precision: Literal["fp32", "int8"] = "fp32"
+    """Weights the rollouts sample from: ``fp32``, the trained weights in their own dtype; ``int8``, int8 copies of
+    every linear layer (the engine's decode path; CPU, local Llama-family models) while the update stays in full
+    precision. The sampler (mu) then differs from the trained policy: ``mismatch/*`` measures it, ``tis_cap``
+    corrects it."""
+    tis_cap: float | None = Field(default=2.0, ge=1)
+    """Truncated importance sampling: each token's policy-gradient term is weighted by ``min(pi_old / mu, tis_cap)``
+    (detached) and the PPO ratio is taken against pi_old (the trainer's own log-probs before the update);
+    null turns it off (the ratio is then taken against the rollout's log-probs mu, as without correction)."""
+    mismatch_mask: float | None = Field(default=None, gt=1)
+    """Drop from the loss every agent turn whose geometric-mean ratio ``exp(mean log(pi_old / mu))`` is outside
+    ``[1 / mismatch_mask, mismatch_mask]`` (e.g. 1.5); null keeps every turn."""
+
     @model_validator(mode="after")
     def _cross_checks(self) -> GRPOConfig:
         if self.importance_sampling_level == "sequence" and "epsilon" not in self.model_fields_set:
@@ -84,6 +98,9 @@ class GRPOConfig(PolicyConfig):
             raise ValueError(f"fsdp supports beta: 0 and advantage_estimator: grpo only (got beta={self.beta}, "
                              f"advantage_estimator={self.advantage_estimator!r}); a sharded reference model and "
                              "value head are not implemented - set beta: 0 and advantage_estimator: grpo")
+        if self.rollout_precision == "int8" and (self.fsdp or self.device == "cuda"):
+            raise ValueError("rollout_precision 'int8' runs torch's CPU int8 kernel on a replicated policy; with "
+                             f"device={self.device!r}, fsdp={self.fsdp} use rollout_precision: fp32")
         return self
 
     @property

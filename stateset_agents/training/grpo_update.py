@@ -15,11 +15,16 @@ import torch
 
 from ..types import Trajectory
 from .batch import Sample, collate
+from .grpo_mismatch import MismatchCorrection
 from .loop import step_seed
-from .losses import clipped_surrogate, importance_ratio, k3_kl, loss_weights, token_logprobs
+from .losses import importance_ratio, k3_kl, loss_weights, token_logprobs
 from .policy import sample_temperature
 
 __all__ = ["GRPOUpdate", "plan_updates"]
+
+EMPTY_UPDATE = ("loss", "kl", "clip_fraction", "entropy", "mean_ratio", "ratio/mean", "ratio/min", "ratio/max",
+                "ratio/outside_clip", "ratio/first_update_max_dev", "grad_norm", "value_loss")
+"""The update's metrics that are None when nothing was under the loss."""
 
 
 def plan_updates(samples: Sequence[Sample], n_updates: int, size: int,
@@ -38,7 +43,7 @@ def plan_updates(samples: Sequence[Sample], n_updates: int, size: int,
     return [flat[u * size:(u + 1) * size] for u in range(n_updates)]
 
 
-class GRPOUpdate:
+class GRPOUpdate(MismatchCorrection):
     """The update half of :class:`~.trainer.GRPOTrainer`."""
 
     config: Any
@@ -125,20 +130,25 @@ class GRPOUpdate:
         cfg = self.config
         t0 = time.perf_counter()
         self.model.train()
+        if self.fsdp is not None:
+            self.fsdp.shard()
+        scored, dropped = samples, 0
+        if cfg.mismatch_mask is not None:  # the mask decides before the loss is normalised over what is left
+            self._forward_prox(samples)
+            samples, dropped = self._mask_turns(samples)
         plan, passes, totals = self._plan_updates(samples)
         if not plan:  # nothing under the loss anywhere (e.g. every group had equal rewards): no update
             self.model.eval()
-            return {"loss": None, "kl": None, "clip_fraction": None, "entropy": None, "mean_ratio": None,
-                    "ratio/mean": None, "ratio/min": None, "ratio/max": None, "ratio/outside_clip": None,
-                    "ratio/first_update_max_dev": None,
-                    "grad_norm": None, "value_loss": None, "loss_tokens": 0, "optimizer_updates": 0,
-                    "_time": time.perf_counter() - t0}
-        if self.fsdp is not None:
-            self.fsdp.shard()
-        sums = {"loss": 0.0, "kl": 0.0, "clipped": 0.0, "entropy": 0.0, "tokens": 0.0, "weighted_ratio": 0.0,
-                "value_loss": 0.0, "value_rows": 0.0, "ratio_outside": 0.0}
+            if self.fsdp is not None:
+                self.fsdp.gather()
+            return {**dict.fromkeys(EMPTY_UPDATE), "loss_tokens": 0, "optimizer_updates": 0,
+                    **self._mismatch_metrics(scored, dropped), "_time": time.perf_counter() - t0}
+        if len(plan) > 1 and cfg.mismatch_mask is None:  # later updates of a pass see changed weights
+            self._forward_prox(samples)
+        sums = dict.fromkeys(("loss", "kl", "clipped", "entropy", "tokens", "weighted_ratio", "value_loss",
+                              "value_rows", "ratio_outside"), 0.0)
         # raw (unclipped) ratio extremes; the first update's deviation from 1 checks engine vs trainer log-probs
-        ratio_min, ratio_max, first_dev = math.inf, -math.inf, 0.0
+        ends = {"min": math.inf, "max": -math.inf, "first_dev": 0.0}
         grad_norms: list[float] = []
         updates = 0
         for _ in range(cfg.num_iterations):
@@ -146,41 +156,11 @@ class GRPOUpdate:
                 # None, not zeros: the first backward then stores its gradient without an extra buffer
                 self.optimizer.zero_grad(set_to_none=True)
                 self.estimator.zero_grad()
-                n_samples = totals[u]  # this update's samples over all processes (the value loss's mean)
                 for j in range(passes[u]):  # every process runs the same number of passes per update
-                    if j >= len(mbs):
-                        if self.fsdp is not None:  # every process must join every FSDP collective
-                            self.fsdp.idle_pass(self.policy.sampling.temperature, cfg.logprob_chunk_size)
-                        continue
-                    b = self._collate(mbs[j])
-                    hidden, logp, ent = self._policy_logprobs(b, sample_temperature(mbs[j]))
-                    per_token, clipped = clipped_surrogate(
-                        logp, b.old_logprobs, b.advantages, epsilon=cfg.epsilon, epsilon_high=cfg.clip_high,
-                        level=cfg.importance_sampling_level, seq_index=b.rows)
-                    if cfg.beta > 0:
-                        kl = k3_kl(logp, b.ref_logprobs)
-                        per_token = per_token + cfg.beta * kl
-                        sums["kl"] += float(kl.detach().sum())
-                    loss = (per_token * b.weights).sum()
-                    vloss = self.estimator.value_loss(hidden, b, n_samples)
-                    if vloss is not None:
-                        loss = loss + vloss
-                        sums["value_loss"] += float(vloss.detach()) * n_samples
-                        sums["value_rows"] += b.input_ids.shape[0]
-                    loss.backward()
-                    n = int(b.targets.numel())
-                    sums["loss"] += float(loss.detach())
-                    sums["clipped"] += float(clipped.float().sum())
-                    sums["entropy"] += float(ent.sum()) if ent is not None else 0.0
-                    sums["tokens"] += n
-                    ratio = importance_ratio(logp.detach(), b.old_logprobs, level=cfg.importance_sampling_level,
-                                             seq_index=b.rows)
-                    sums["weighted_ratio"] += float(ratio.sum())
-                    sums["ratio_outside"] += float(((ratio < 1 - cfg.epsilon) | (ratio > 1 + cfg.clip_high)).sum())
-                    if ratio.numel():
-                        ratio_min, ratio_max = min(ratio_min, float(ratio.min())), max(ratio_max, float(ratio.max()))
-                        if updates == 0:
-                            first_dev = max(first_dev, float((ratio - 1).abs().max()))
+                    if j < len(mbs):
+                        self._micro_step(mbs[j], totals[u], updates, sums, ends)
+                    elif self.fsdp is not None:  # every process must join every FSDP collective
+                        self.fsdp.idle_pass(self.policy.sampling.temperature, cfg.logprob_chunk_size)
                 self.dist.all_reduce_gradients(self.params)
                 grad_norms.append(self.dist.clip_grad_norm(self.params, cfg.max_grad_norm))
                 self.optimizer.step()
@@ -189,16 +169,55 @@ class GRPOUpdate:
         self.model.eval()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout
         self.policy.after_update()  # the engine's cached prefixes used the old weights; FSDP: whole weights again
+        return {**self._update_metrics(sums, ends, grad_norms, updates), **self._mismatch_metrics(scored, dropped),
+                "_time": time.perf_counter() - t0}
+
+    def _micro_step(self, mb: list[Sample], n_samples: int, updates: int, sums: dict[str, float],
+                    ends: dict[str, float]) -> None:
+        """Forward and backward one micro-batch (its loss already normalised over its update); add to the sums.
+
+        ``n_samples``: the update's samples over all processes (the value loss's mean)."""
+        cfg = self.config
+        b = self._collate(mb)
+        hidden, logp, ent = self._policy_logprobs(b, sample_temperature(mb))
+        prox = self._prox_tensor(mb, logp, updates)
+        per_token, clipped, old = self._pg_terms(logp, b, prox)
+        if cfg.beta > 0:
+            kl = k3_kl(logp, b.ref_logprobs)
+            per_token = per_token + cfg.beta * kl
+            sums["kl"] += float(kl.detach().sum())
+        loss = (per_token * b.weights).sum()
+        vloss = self.estimator.value_loss(hidden, b, n_samples)
+        if vloss is not None:
+            loss = loss + vloss
+            sums["value_loss"] += float(vloss.detach()) * n_samples
+            sums["value_rows"] += b.input_ids.shape[0]
+        loss.backward()
+        sums["loss"] += float(loss.detach())
+        sums["clipped"] += float(clipped.float().sum())
+        sums["entropy"] += float(ent.sum()) if ent is not None else 0.0
+        sums["tokens"] += int(b.targets.numel())
+        ratio = importance_ratio(logp.detach(), old, level=cfg.importance_sampling_level, seq_index=b.rows)
+        sums["weighted_ratio"] += float(ratio.sum())
+        sums["ratio_outside"] += float(((ratio < 1 - cfg.epsilon) | (ratio > 1 + cfg.clip_high)).sum())
+        if ratio.numel():
+            ends["min"], ends["max"] = min(ends["min"], float(ratio.min())), max(ends["max"], float(ratio.max()))
+            if updates == 0:
+                ends["first_dev"] = max(ends["first_dev"], float((ratio - 1).abs().max()))
+
+    def _update_metrics(self, sums: dict[str, float], ends: dict[str, float], grad_norms: list[float],
+                        updates: int) -> dict[str, Any]:
+        cfg = self.config
         totals = self.dist.all_reduce_sum(list(sums.values()))
         s = dict(zip(sums.keys(), totals, strict=True))
         tok = max(s["tokens"], 1.0)
         if self.dist.distributed:
-            ends = self.dist.all_gather_object((ratio_min, ratio_max, first_dev))
-            ratio_min, ratio_max = min(e[0] for e in ends), max(e[1] for e in ends)
-            first_dev = max(e[2] for e in ends)
+            gathered = self.dist.all_gather_object((ends["min"], ends["max"], ends["first_dev"]))
+            ends = {"min": min(e[0] for e in gathered), "max": max(e[1] for e in gathered),
+                    "first_dev": max(e[2] for e in gathered)}
         return {
-            "ratio/mean": s["weighted_ratio"] / tok, "ratio/min": ratio_min, "ratio/max": ratio_max,
-            "ratio/outside_clip": s["ratio_outside"] / tok, "ratio/first_update_max_dev": first_dev,
+            "ratio/mean": s["weighted_ratio"] / tok, "ratio/min": ends["min"], "ratio/max": ends["max"],
+            "ratio/outside_clip": s["ratio_outside"] / tok, "ratio/first_update_max_dev": ends["first_dev"],
             "loss": s["loss"] / max(updates, 1),  # each update's loss is a mean over its own tokens
             "kl": s["kl"] / tok if cfg.beta > 0 else None,
             "clip_fraction": s["clipped"] / tok,
@@ -208,7 +227,6 @@ class GRPOUpdate:
             "value_loss": (s["value_loss"] / max(s["value_rows"], 1)) if self.estimator.per_turn else None,
             "loss_tokens": int(s["tokens"] / max(cfg.num_iterations, 1)),
             "optimizer_updates": updates,
-            "_time": time.perf_counter() - t0,
         }
 
     def _policy_logprobs(self, b: Any, temperature: float | None = None

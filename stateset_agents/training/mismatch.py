@@ -35,7 +35,7 @@ def mismatch_stats(train_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask:
 
     ``train_logp``: the trainer's log-probs of the sampled tokens (no grad, before any update this step);
     ``behaviour_logp``: the sampler's; ``turn_ids`` (optional): the agent-turn index of each token, for per-turn
-    means (``<prefix>/turn<k>/mean_abs``).
+    statistics (``<prefix>/turn<k>/mean_abs``, ``.../max_abs``, ``.../outside``).
     """
     m = mask.bool()
     d = (train_logp - behaviour_logp).detach()[m].double()
@@ -53,7 +53,10 @@ def mismatch_stats(train_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask:
     if turn_ids is not None:
         turns = turn_ids[m]
         for k in sorted(set(turns.tolist())):
-            out[f"{prefix}/turn{k}/mean_abs"] = float(d[turns == k].abs().mean())
+            dk, rk = d[turns == k], ratio[turns == k]
+            out[f"{prefix}/turn{k}/mean_abs"] = float(dk.abs().mean())
+            out[f"{prefix}/turn{k}/max_abs"] = float(dk.abs().max())
+            out[f"{prefix}/turn{k}/outside"] = float(((rk < lo) | (rk > hi)).double().mean())
     return out
 
 

@@ -16,6 +16,8 @@ One step (see ../shared/DESIGN.md, "Data flow"):
    tokens only; each pass is split into optimiser updates of whole groups in a seeded random order
    (:func:`plan_updates`), each normalised per ``loss_type`` over its own tokens; gradient clipping; AdamW; the LR
    schedule steps once per step; raw importance-ratio statistics (``ratio/*``) are logged before clipping;
+   the sampler's log-probs (mu) are checked against the trainer's own (pi_old) before any correction
+   (``mismatch/*``), and each token's loss is weighted by ``min(pi_old / mu, tis_cap)`` (:mod:`.grpo_mismatch`);
 6. metrics for the run loop (:mod:`.loop`: ``metrics.jsonl``, the live display, TensorBoard, W&B, checkpoints).
 
 The parts: :class:`~.policy.Policy` (the weights, LoRA or full, replicated or FSDP2, and the one sampling
@@ -46,6 +48,7 @@ from .advantages import ESTIMATORS
 from .batch import Sample, samples_from_trajectories
 from .dist import DistContext
 from .grpo_config import GRPOConfig
+from .grpo_mismatch import set_rollout_precision
 from .grpo_update import GRPOUpdate, plan_updates
 from .loop import RunLoop, Writer, step_seed
 from .model_checks import refuse_dropout, refuse_rescaled_logits
@@ -100,6 +103,7 @@ class GRPOTrainer(GRPOUpdate):
         torch.manual_seed(config.seed)
         if getattr(getattr(agent, "model", None), "model", None) is not None:
             refuse_dropout(agent.model.model, config)  # before adapters exist (LoRA dropout is checked too)
+        set_rollout_precision(getattr(agent, "model", None), config)  # int8: the engine samples from int8 weights
         self.policy = Policy(agent.model, config, dist=self.dist,
                              sampling=SamplingParams(temperature=config.temperature,
                                                      max_new_tokens=config.max_new_tokens))
