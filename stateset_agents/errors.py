@@ -21,7 +21,8 @@ Every message names the bad value and says how to fix it.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = [
     "ConfigError",
@@ -35,7 +36,7 @@ __all__ = [
     "SyncInAsyncError",
     "TrainingError",
     "UnknownScenarioError",
-]  # the exception tree only; did_you_mean (below) is a helper for writing their messages
+]  # the exception tree only; did_you_mean and validation_error_text (below) help write their messages
 
 
 class StatesetError(Exception):
@@ -94,3 +95,32 @@ def did_you_mean(value: object, choices: Iterable[str], *, n: int = 3) -> str:
     ``value`` among ``choices``, or ``""`` when none is close. Every "unknown X" message words it this way."""
     close = difflib.get_close_matches(str(value), list(choices), n=n, cutoff=0.5)
     return f"Did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+def error_location(err: Mapping[str, Any]) -> str:
+    """A pydantic error's location as a dotted path (``components.0.weight``; ``""`` for the whole object)."""
+    return ".".join(str(x) for x in err.get("loc", ()))
+
+
+def validation_error_text(e: Any, *, limit: int | None = None) -> str:
+    """A pydantic ``ValidationError`` in this library's words, one clause per error joined by ``"; "``:
+    ``unknown field 'x': remove it or check its spelling``, ``field 'x': RULE (got VALUE)``, or a cross-field
+    check's own message (on a whole object or section, which says what to change). ``limit`` keeps the first
+    errors and says how many more there are."""
+    errs = e.errors()
+    shown = errs if limit is None else errs[:limit]
+    parts = []
+    for err in shown:
+        loc = error_location(err)
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown field {loc!r}: remove it or check its spelling")
+        elif not loc:
+            parts.append(msg)
+        elif isinstance(err.get("input"), dict):  # a check on a whole section, or a field missing from it
+            parts.append(f"field {loc!r}: {msg}")
+        else:
+            got = repr(err.get("input"))
+            parts.append(f"field {loc!r}: {msg} (got {got if len(got) <= 120 else got[:117] + '...'})")
+    more = len(errs) - len(shown)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")

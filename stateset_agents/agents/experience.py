@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, validation_error_text
 from ..types import Message
 from .experience_records import (
     MAX_PROVENANCE,
@@ -397,8 +397,7 @@ class ExperienceLibrary(BaseModel):
         try:
             lib = cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(f"{url!r}: invalid experience library: {e.errors()[0]['loc']}: "
-                              f"{e.errors()[0]['msg']}") from e
+            raise ConfigError(f"{url!r}: invalid experience library: {validation_error_text(e, limit=1)}") from e
         if embedder is not None:
             lib.use_embedder(embedder)
         return lib

@@ -76,9 +76,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, validation_error_text
 from .base import RewardFunction
-from .neural_model import NeuralModel, NeuralRewardConfig, _explain, bradley_terry_loss, spearman
+from .neural_model import NeuralModel, NeuralRewardConfig, bradley_terry_loss, spearman
 from .neural_online import Mode, NeuralRewardStats, OnlineImitation, ReplayBuffer
 from .neural_store import CONFIG_FILE, WEIGHTS_FILE, Persistence
 
@@ -121,7 +121,7 @@ class NeuralReward(Persistence, OnlineImitation, NeuralModel):
         try:
             self.config = config if config is not None else NeuralRewardConfig(**overrides)
         except ValidationError as e:
-            raise ConfigError(f"bad NeuralReward config: {_explain(e)}") from e
+            raise ConfigError(f"bad NeuralReward config: {validation_error_text(e)}") from e
         self.teacher = teacher
         self.name = name
         self.mode = mode if mode is not None else ("auto" if teacher is not None else "neural")

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
 from ..types import Trajectory
@@ -131,10 +131,6 @@ def _check_finite(scores: Sequence[float], what: str) -> list[float]:
     return out
 
 
-def _explain(e: ValidationError) -> str:
-    """Pydantic's errors as ``field: message (got value)``, one per problem."""
-    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']} (got {err.get('input')!r})"
-                     for err in e.errors())
 
 
 

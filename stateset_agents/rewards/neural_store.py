@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, validation_error_text
 from .base import RewardFunction
-from .neural_model import NeuralRewardConfig, _explain
+from .neural_model import NeuralRewardConfig
 from .neural_online import Mode
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "Persistence"]
@@ -93,7 +93,7 @@ class Persistence:
         try:
             config = NeuralRewardConfig.model_validate(record["config"])
         except ValidationError as e:
-            raise ConfigError(f"{folder / CONFIG_FILE} has a bad 'config': {_explain(e)}") from e
+            raise ConfigError(f"{folder / CONFIG_FILE} has a bad 'config': {validation_error_text(e)}") from e
         reward = cls(teacher, mode=mode, config=config, embedder=embedder, name=record.get("name", "neural"))
         head = reward._ensure_head(record["input_dim"])
         try:

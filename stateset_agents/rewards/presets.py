@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import ConfigError, PackError
+from ..errors import ConfigError, PackError, error_location, validation_error_text
 from .base import RewardFunction
 from .components import (
     EfficiencyReward,
@@ -112,9 +112,8 @@ def load_reward(name_or_path: str | os.PathLike[str], *, judge: Any = None, embe
     try:
         preset = RewardPreset.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"])
-        raise PackError(f"{path}: field {field!r}: {err['msg']}", file=str(path), field=field) from e
+        raise PackError(f"{path}: {validation_error_text(e, limit=1)}", file=str(path),
+                        field=error_location(e.errors()[0])) from e
     ctx = {"judge": judge, "embedder": embedder}
     parts = []
     for i, spec in enumerate(preset.components):

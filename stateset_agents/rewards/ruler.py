@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import ConfigError, ModelError, PackError, did_you_mean
+from ..errors import ConfigError, ModelError, PackError, did_you_mean, error_location, validation_error_text
 from ..models.base import ChatModel, SamplingParams
 from ..models.structured import AskStats, NoValidAnswer, ask_json
 from ..types import Completion, Message, RewardResult, Trajectory, TrajectoryGroup
@@ -133,10 +133,9 @@ def _read_rubric_file(path: Path) -> str:
         except yaml.YAMLError as e:
             raise PackError(f"{path}: not valid YAML: {e}", file=str(path)) from e
         except ValidationError as e:
-            first = e.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise PackError(f"{path}: field {field}: {first['msg']}; a YAML rubric has title, description, "
-                            "criteria (list) and anchors (score -> text)", file=str(path), field=field) from e
+            raise PackError(f"{path}: {validation_error_text(e, limit=1)}; a YAML rubric has title, description, "
+                            "criteria (list) and anchors (score -> text)", file=str(path),
+                            field=error_location(e.errors()[0]) or "(top level)") from e
     if not text.strip():
         raise ConfigError(f"rubric file {str(path)!r} is empty; write what a 1.0, 0.5 and 0.0 conversation look like")
     return text.strip()

@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..errors import validation_error_text
+
 __all__ = ["PolicyConfig", "RunConfig", "format_validation_error"]
 
 Split = Literal["train", "test", "all"]
@@ -168,15 +170,5 @@ class PolicyConfig(RunConfig):
 
 
 def format_validation_error(e: ValidationError, source: str) -> str:
-    """One line per pydantic error: the field, the rule, the value given (or how to fix an unknown field)."""
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown field {loc!r}: remove it or check its spelling")
-        elif not err["loc"] or isinstance(err.get("input"), dict):  # a cross-field check: its message says it all
-            msg = err["msg"].removeprefix("Value error, ")
-            parts.append(msg if not err["loc"] else f"field {loc!r}: {msg}")
-        else:
-            parts.append(f"field {loc!r}: {err['msg']} (got {err.get('input')!r})")
-    return f"{source}: " + "; ".join(parts)
+    """``SOURCE: `` and every pydantic error in one line (:func:`~stateset_agents.errors.validation_error_text`)."""
+    return f"{source}: {validation_error_text(e)}"

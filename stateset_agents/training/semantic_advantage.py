@@ -35,6 +35,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..agents.experience import ExperienceLibrary, Operation, Provenance, word_count
+from ..errors import validation_error_text
 from ..models.base import SamplingParams
 from ..models.structured import AskStats, NoValidAnswer, ask_json
 from ..types import Message, Trajectory, TrajectoryGroup
@@ -121,11 +122,7 @@ def _validate(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        parts = []
-        for err in e.errors()[:5]:
-            loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-            parts.append(f"{loc}: {err['msg']}")
-        raise LearnerOutputError("; ".join(parts)) from e
+        raise LearnerOutputError(validation_error_text(e, limit=5)) from e
 
 
 def check_ops(ops: Sequence[ProposedOp], *, known_ids: Sequence[str], word_limit: int,

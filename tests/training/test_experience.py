@@ -210,7 +210,7 @@ def test_load_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="is not an experience library"):
         ExperienceLibrary.load(bad)
     bad.write_text(json.dumps({"format": "stateset_agents.experience_library", "max_size": 0}))
-    with pytest.raises(ConfigError, match="invalid experience library: \\('max_size',\\)"):
+    with pytest.raises(ConfigError, match="invalid experience library: field 'max_size': Input should be greater than or equal to 1 \\(got 0\\)"):
         ExperienceLibrary.load(bad)
 
 

@@ -210,7 +210,7 @@ def test_a_summary_that_never_validates_skips_its_group(tiny_model, tmp_path):
     [m] = rows(tmp_path / "run" / "metrics.jsonl")
     assert m["groups_skipped"] == 1 and m["learner_errors"] == 1 and trainer.library.ids() == ["E1"]
     [err] = [r["error"] for r in rows(tmp_path / "run" / "learner.jsonl") if r.get("error")]
-    assert err.startswith("summary of toy-000 T") and "summary: String should have at least 1 character" in err
+    assert err.startswith("summary of toy-000 T") and "field 'summary': String should have at least 1 character (got '')" in err
 
 
 def state_learner():
