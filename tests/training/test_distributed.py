@@ -280,6 +280,25 @@ def test_fsdp_two_processes_match_one_process_and_resume(one_process_run, tiny_m
     assert max_abs_diff(final_weights(one_process_run, STEPS + 1), final_weights(run_dir, STEPS + 1)) < 1e-4
 
 
+@pytest.mark.slow
+def test_fsdp_mismatch_prepass_measures_what_one_process_measures(tiny_model_path, tmp_path):
+    """Several updates per pass (gradient_accumulation_steps: 1) and mismatch_mask make the trainer score pi_old
+    in a no-grad forward of its own before the update; under FSDP every process joins every such forward (3
+    scenarios: one process has fewer micro-batches and joins the other's last ones). One step on 2 processes
+    measures the same tokens as 1 process (the same rollouts), with the engine's log-probs matching the sharded
+    trainer's; the updates themselves are split differently over processes, so only the first step compares."""
+    kw = dict(max_steps=1, gradient_accumulation_steps=1, mismatch_mask=1.5, scenarios_per_step=3)
+    one = write_config(tmp_path / "one", tiny_model_path, **kw)
+    run([sys.executable, "-m", "stateset_agents", "train", str(one)])
+    two = write_config(tmp_path / "two", tiny_model_path, fsdp=True, **kw)
+    run(torchrun(2, "-m", "stateset_agents", "train", str(two)))
+    (a,), (b,) = metrics(tmp_path / "one" / "run"), metrics(tmp_path / "two" / "run")
+    assert a["new_tokens"] == b["new_tokens"] and a["reward"] == pytest.approx(b["reward"], abs=1e-12)
+    assert a["mismatch/tokens"] == b["mismatch/tokens"] == b["loss_tokens"] > 0
+    assert b["mismatch/masked_turns"] == 0 and b["optimizer_updates"] > 1
+    assert a["mismatch/max_abs_log_ratio"] < 1e-4 and b["mismatch/max_abs_log_ratio"] < 1e-4
+
+
 def test_fsdp_config_checks(tmp_path):
     from stateset_agents.errors import ConfigError
     from stateset_agents.training import load_config

@@ -171,6 +171,8 @@ def test_importance_ratio_is_one_on_the_first_optimiser_pass(tiny_model_path, tm
         m = asyncio.run(trainer.astep())
         assert m["optimizer_updates"] > 1 and m["loss_tokens"] > 0
         assert m["ratio/first_update_max_dev"] < 1e-4, m["ratio/first_update_max_dev"]
+        # the ratio is taken against the trainer's own pre-update log-probs (TIS); the engine's match them
+        assert m["mismatch/max_abs_log_ratio"] < 1e-4, m["mismatch/max_abs_log_ratio"]
         # later updates of the same pass see weights the earlier ones changed: raw, unclipped statistics
         assert m["ratio/min"] <= 1.0 + 1e-3 and m["ratio/max"] >= 1.0 - 1e-3 and m["ratio/min"] <= m["ratio/max"]
         assert 0.0 <= m["ratio/outside_clip"] <= 1.0 and m["ratio/mean"] > 0
