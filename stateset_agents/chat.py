@@ -25,10 +25,11 @@ _STYLE = {"user": "cyan", "assistant": "green", "tool": "yellow"}
 
 
 def load_model(spec: str | None, *, model_name: str = "default", api_key: str | None = None) -> Any:
-    """``None`` -> the default SmolLM2; ``http(s)://...`` -> OpenAIChatModel; else a local model folder."""
-    if spec is None:
-        from .models.default import default_model
+    """``None`` or ``default`` -> the default SmolLM2; ``http(s)://...`` -> OpenAIChatModel; else a local model
+    folder (:func:`~stateset_agents.models.default.model_folder`)."""
+    from .models.default import default_model, model_folder
 
+    if spec is None or spec == "default":
         return default_model()
     if spec.startswith(("http://", "https://")):
         from .models.openai import OpenAIChatModel
@@ -36,9 +37,10 @@ def load_model(spec: str | None, *, model_name: str = "default", api_key: str | 
         return OpenAIChatModel(spec, model_name, api_key=api_key)
     from .models.hf import HFChatModel
 
+    path = model_folder(spec)
     check_model_folder(spec)
     try:
-        return HFChatModel(spec)
+        return HFChatModel(path)
     except (OSError, ValueError) as e:  # transformers' own "cannot load" errors: bad weights, tokenizer files
         raise ConfigError(f"cannot load model {spec!r}: {one_line_of(e)}; pass a folder written by "
                           "save_pretrained (config.json, weights, tokenizer)") from e

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotInstalledError
+from ..errors import ConfigError, ModelNotInstalledError
 
-__all__ = ["DEFAULT_MODEL_NAME", "build_atomically", "cache_dir", "default_model", "default_model_path", "embedding_model_path"]
+__all__ = ["DEFAULT_MODEL_NAME", "build_atomically", "cache_dir", "default_model", "default_model_path", "embedding_model_path",
+           "model_folder"]
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,6 +91,20 @@ def default_model_path() -> Path:
     if not (gguf_dir / _GGUF).is_file():
         raise ModelNotInstalledError(f"{gguf_dir / _GGUF} is missing; reinstall with: {_INSTALL}")
     return build_atomically(dest, lambda out: _convert_into(gguf_dir, out))
+
+
+def model_folder(spec: str | os.PathLike[str], *, described: str | None = None,
+                 fix: str = "pass a folder written by save_pretrained, or 'default'") -> Path:
+    """The local model folder a model spec names: ``"default"`` is the converted SmolLM2 folder
+    (:func:`default_model_path`); anything else must be a folder holding ``config.json`` (``save_pretrained``
+    layout). Otherwise a :class:`ConfigError` naming the spec (``described``, default ``model 'SPEC'``) and
+    ``fix``. Every place that takes a model spec (training configs, ``serve``, ``chat``/``eval``) resolves it here."""
+    if str(spec) == "default":
+        return default_model_path()
+    p = Path(spec).expanduser()
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{described or f'model {str(spec)!r}'} is not a model folder (no config.json); {fix}")
+    return p
 
 
 def default_model(**kwargs: Any):  # -> HFChatModel

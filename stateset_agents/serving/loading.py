@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..models.default import DEFAULT_MODEL_NAME, model_folder
 
 __all__ = ["ModelSource", "load_served_model", "resolve_model"]
 
@@ -55,23 +56,14 @@ def _base_of_adapter(adapter: Path) -> Path:
         raise ConfigError(f"adapter {str(adapter)!r} does not say which base model it adapts (no config.yaml with "
                           "`model`, no base_model_name_or_path in adapter_config.json); serve the base model folder "
                           "with the adapter merged, or add config.yaml with `model: PATH`")
-    if spec == "default":
-        from ..models.default import default_model_path
-
-        return default_model_path()
-    base = Path(spec)
-    if not (base / "config.json").is_file():
-        raise ConfigError(f"the base model {spec!r} of adapter {str(adapter)!r} is not a model folder (no "
-                          "config.json); it must exist on this machine")
-    return base
+    return model_folder(spec, described=f"the base model {spec!r} of adapter {str(adapter)!r}",
+                        fix="it must exist on this machine")
 
 
 def resolve_model(spec: str | os.PathLike[str], name: str | None = None) -> ModelSource:
     """What ``spec`` names (see the module docs); checks the folders without loading any weights."""
     if str(spec) == "default":
-        from ..models.default import DEFAULT_MODEL_NAME, default_model_path
-
-        return ModelSource("default", default_model_path(), name=name or DEFAULT_MODEL_NAME)
+        return ModelSource("default", model_folder(spec), name=name or DEFAULT_MODEL_NAME)
     p = Path(spec).expanduser()
     if not p.is_dir():
         raise ConfigError(f"model {str(spec)!r} is not a folder; pass 'default', a model folder, an adapter folder "

@@ -23,16 +23,11 @@ __all__ = ["build_trainer", "build_training_free", "load_model", "make_env_facto
 
 
 def resolve_model_path(spec: str) -> Path:
-    """``default`` -> the converted SmolLM2 folder; a folder with config.json; or a clear error."""
-    if spec == "default":
-        from ..models.default import default_model_path
+    """``default`` -> the converted SmolLM2 folder; a folder with config.json; or a clear error
+    (:func:`~stateset_agents.models.default.model_folder`)."""
+    from ..models.default import model_folder
 
-        return default_model_path()
-    p = Path(spec)
-    if not (p / "config.json").is_file():
-        raise ConfigError(f"model {spec!r} is not a model folder (no config.json); use 'default' or the path of a "
-                          "folder written by save_pretrained")
-    return p
+    return model_folder(spec)
 
 
 def resolve_device(device: str, dist: DistContext) -> str:

@@ -60,3 +60,18 @@ def test_a_failed_build_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         d.build_atomically(tmp_path / "m", build)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_model_folder_resolves_default_and_folders_and_names_a_bad_spec(monkeypatch, tmp_path):
+    from stateset_agents import ConfigError
+
+    monkeypatch.setattr(d, "default_model_path", lambda: tmp_path / "smol")
+    assert d.model_folder("default") == tmp_path / "smol"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert d.model_folder(tmp_path / "m") == tmp_path / "m"
+    with pytest.raises(ConfigError, match=r"^model '.*nope' is not a model folder \(no config.json\); pass a folder "
+                       "written by save_pretrained, or 'default'$"):
+        d.model_folder(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="^the base 'x' is not a model folder .no config.json.; copy it here$"):
+        d.model_folder("x", described="the base 'x'", fix="copy it here")
