@@ -11,7 +11,6 @@ each pair side by side. ``--failed`` keeps failed episodes (with ``--diff``: pai
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 from rich.console import Console, Group, RenderableType
@@ -19,7 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .transcripts import Transcript
 
 __all__ = ["at_step", "render", "render_diff", "select"]
@@ -33,10 +32,8 @@ def select(records: Sequence[Transcript], *, scenario: str | None = None, failed
     if scenario is not None:
         ids = list(dict.fromkeys(r.scenario_id for r in records))
         if scenario not in ids:
-            close = difflib.get_close_matches(scenario, ids, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else f" It has: {', '.join(ids[:8])}" + \
-                (" ..." if len(ids) > 8 else "")
-            raise ConfigError(f"--scenario {scenario!r} is not in these transcripts.{hint}")
+            hint = did_you_mean(scenario, ids) or f"It has: {', '.join(ids[:8])}" + (" ..." if len(ids) > 8 else "")
+            raise ConfigError(f"--scenario {scenario!r} is not in these transcripts. {hint}")
     return [r for r in records if (scenario is None or r.scenario_id == scenario) and not (failed and r.success)]
 
 
