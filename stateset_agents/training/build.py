@@ -53,20 +53,9 @@ def make_evaluator(config: GRPOConfig, env_factory: Any, reward: Any, dist: Dist
     """An evaluator for the trainer: the eval split, ``eval_k`` trials per scenario, the same seeds every time,
     sharded over processes; writes ``eval_<tag>.json`` and, after training, prints the before/after table."""
     from ..evaluation import EvalReport, aevaluate, compare
+    from .scenarios import run_scenarios
 
-    probe = env_factory()
-    try:
-        pool = [s.id for s in probe.pack.split(config.eval_split)]
-    finally:
-        probe.close()
-    if config.eval_scenarios is not None:
-        unknown = [s for s in config.eval_scenarios if s not in pool]
-        if unknown:
-            raise ConfigError(f"eval_scenarios {unknown} are not in split {config.eval_split!r}; choose from {pool}")
-        pool = list(config.eval_scenarios)
-    if not pool and (config.eval_before or config.eval_after or config.eval_every):
-        raise ConfigError(f"split {config.eval_split!r} has no scenarios to evaluate on; set eval_split, or turn "
-                          "evaluation off (eval_before: false, eval_after: false)")
+    _, _, pool = run_scenarios(env_factory, config)  # eval_scenarios checked, with close matches
 
     async def evaluate(trainer: Any, tag: str) -> dict[str, Any]:
         from ..models.base import SamplingParams

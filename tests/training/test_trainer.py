@@ -284,6 +284,17 @@ def test_bad_input_fails_before_compute(tiny_model_path, tmp_path):
                                  output_dir=str(tmp_path / "r")))
 
 
+def test_the_evaluator_checks_eval_scenarios_with_close_matches(tmp_path):
+    from stateset_agents.training.build import make_evaluator
+    from stateset_agents.training.dist import DistContext
+
+    cfg = GRPOConfig(model="unused", env=TOY, eval_split="train", eval_scenarios=["toy-0001"],
+                     output_dir=str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match=r"eval_scenarios \['toy-0001'\] are not in split 'train' of pack "
+                       r"'toy_echo' \('toy-0001': did you mean 'toy-001'\?\)"):
+        make_evaluator(cfg, make_env_factory(TOY), None, DistContext())
+
+
 def test_empty_split_is_an_error(tiny_model_path, tmp_path):
     pack = tmp_path / "pack"
     (pack / "scenarios").mkdir(parents=True)
