@@ -150,27 +150,13 @@ class TrainingFreeGRPO:
         _, failures = await score_groups(self.reward, groups, None)
         t_score = time.perf_counter() - t0 - t_rollout
 
-        kept: list[tuple[TrajectoryGroup, float]] = []
-        for g in groups:
-            vals = [t.reward for t in g.trajectories if t.reward is not None]
-            if len(vals) >= 2 and max(vals) - min(vals) > 1e-9:
-                kept.append((g, min(1.0, (max(vals) - min(vals)) / cfg.advantage_scale)))
+        kept = self._kept_groups(groups)
         stats0 = dict(self.learner.stats)
         proposals = await asyncio.gather(*(
             self.learner.propose(g, self.library, task=self._task_text(g.scenario_id), domain=self.domain,
                                  strength=a, step=step + 1, seed=step_seed(cfg.seed, step, f"learn:{i}"))
             for i, (g, a) in enumerate(kept)))
-        good = [p for p in proposals if p.error is None]
-        consolidation_error, dropped = None, 0
-        if cfg.consolidation == "embedding":
-            ops, dropped = consolidate_by_embedding([o for p in good for o in p.ops], self.library)
-        else:
-            try:
-                ops, dropped = await self.learner.consolidate(good, self.library,
-                                                              seed=step_seed(cfg.seed, step, "consolidate"))
-            except LearnerFailed as e:
-                consolidation_error, ops = str(e), []
-                log.warning("step %d: consolidation skipped: %s", step + 1, e)
+        ops, dropped, consolidation_error = await self._consolidate([p for p in proposals if p.error is None], step)
         t_learner = time.perf_counter() - t0 - t_rollout - t_score
 
         applied = self.library.apply(ops, step=step + 1)
@@ -180,6 +166,39 @@ class TrainingFreeGRPO:
         self.library.save(self.run_dir / "experiences.json")
         t_save = time.perf_counter() - t0 - t_rollout - t_score - t_learner - t_apply
 
+        self._log_learner(step, proposals, ops, dropped, consolidation_error, applied)
+        self.step += 1
+        metrics = self._metrics(step, groups, kept, proposals, applied, dropped, consolidation_error, stats0, {
+            "rollout": t_rollout, "score": t_score, "learner": t_learner, "apply": t_apply, "save": t_save,
+            "total": time.perf_counter() - t0})
+        return {**metrics, **{f"failures/{k}": v for k, v in failures.items()}}
+
+    def _kept_groups(self, groups: Sequence[TrajectoryGroup]) -> list[tuple[TrajectoryGroup, float]]:
+        """The groups whose scored rewards differ, each with its strength: the reward range over
+        ``advantage_scale``, at most 1."""
+        kept = []
+        for g in groups:
+            vals = [t.reward for t in g.trajectories if t.reward is not None]
+            if len(vals) >= 2 and max(vals) - min(vals) > 1e-9:
+                kept.append((g, min(1.0, (max(vals) - min(vals)) / self.config.advantage_scale)))
+        return kept
+
+    async def _consolidate(self, good: Sequence[Any], step: int) -> tuple[list[Any], int, str | None]:
+        """(operations, how many were dropped as conflicts, the error when the learner's consolidation failed)."""
+        if self.config.consolidation == "embedding":
+            ops, dropped = consolidate_by_embedding([o for p in good for o in p.ops], self.library)
+            return ops, dropped, None
+        try:
+            ops, dropped = await self.learner.consolidate(good, self.library,
+                                                          seed=step_seed(self.config.seed, step, "consolidate"))
+        except LearnerFailed as e:
+            log.warning("step %d: consolidation skipped: %s", step + 1, e)
+            return [], 0, str(e)
+        return ops, dropped, None
+
+    def _log_learner(self, step: int, proposals: Sequence[Any], ops: Sequence[Any], dropped: int,
+                     consolidation_error: str | None, applied: Sequence[Any]) -> None:
+        """Warn about skipped groups; append the step's proposals and consolidation to ``learner.jsonl``."""
         for p in proposals:
             if p.error:
                 log.warning("step %d: group %s skipped: %s", step + 1, p.scenario_id, p.error)
@@ -190,12 +209,6 @@ class TrainingFreeGRPO:
             "applied": [{"op": a.op, "id": a.id, "text": a.after.text if a.after else None} for a in applied]}})
         with open(self.run_dir / "learner.jsonl", "a", encoding="utf-8") as f:
             f.writelines(json.dumps(x) + "\n" for x in lines)
-
-        self.step += 1
-        metrics = self._metrics(step, groups, kept, proposals, applied, dropped, consolidation_error, stats0, {
-            "rollout": t_rollout, "score": t_score, "learner": t_learner, "apply": t_apply, "save": t_save,
-            "total": time.perf_counter() - t0})
-        return {**metrics, **{f"failures/{k}": v for k, v in failures.items()}}
 
     def _metrics(self, step: int, groups: Sequence[TrajectoryGroup], kept: Sequence[Any], proposals: Sequence[Any],
                  applied: Sequence[Any], dropped: int, consolidation_error: str | None, stats0: dict[str, int],
