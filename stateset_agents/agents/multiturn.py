@@ -27,6 +27,7 @@ so condensing older turns never mislabels a token: everything in ``prompt_ids`` 
 from __future__ import annotations
 
 import asyncio
+import re
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,21 @@ def strategies() -> dict[str, str]:
         return yaml.safe_load(f)
 
 
-def _tools_text(tools: list[dict[str, Any]]) -> str:
+def _compact_line(fn: dict[str, Any]) -> str:
+    """``name(arg, opt?): purpose``: the description's first sentence without its parentheses."""
+    schema = fn.get("parameters", {})
+    need = set(schema.get("required", []))
+    args = ", ".join(k if k in need else f"{k}?" for k in schema.get("properties", {}))
+    text = re.sub(r"\s*\([^)]*\)|,?\s*\be\.g\.[^.]*", "", fn.get("description", ""))
+    purpose = text.split(". ")[0].strip().rstrip(".")
+    return f"{fn['name']}({args})" + (f": {purpose}" if purpose else "")
+
+
+def _tools_text(tools: list[dict[str, Any]], style: str = "full") -> str:
+    if style == "compact":
+        lines = ["Tools:", *(_compact_line(t.get("function", t)) for t in tools)]
+        lines.append('Call one: <tool_call>{"name": "TOOL", "arguments": {...}}</tool_call>')
+        return "\n".join(lines)
     lines = ["Tools you can call:"]
     for t in tools:
         fn = t.get("function", t)
@@ -76,6 +91,9 @@ class MultiTurnAgent:
         sampling: default sampling for each turn.
         context_tokens: the prompt budget described in the module docs.
         tools_in_template: also pass tools to the model's chat template (for models trained with tools).
+        tool_prompt: ``"full"`` (default): the domain strategy, then one line per tool with its argument types and
+            whole description; ``"compact"``: for small models, no strategy (the env's compact instructions say
+            what to do) and one ``name(args): purpose`` line per tool. Pair it with the env's ``prompt="compact"``.
         experiences: an :class:`~stateset_agents.training.ExperienceLibrary` (Training-Free GRPO); each turn its
             ``to_prompt(conversation, domain=domain)`` is added at the end of the system message, after the
             tools. Deploy a learned library this way without any training.
@@ -83,7 +101,10 @@ class MultiTurnAgent:
 
     def __init__(self, model: ChatModel, *, domain: str | None = "customer_service", system_prompt: str = "",
                  sampling: SamplingParams | None = None, context_tokens: int = 2048,
-                 tools_in_template: bool = False, experiences: ExperienceLibrary | None = None) -> None:
+                 tools_in_template: bool = False, experiences: ExperienceLibrary | None = None,
+                 tool_prompt: str = "full") -> None:
+        if tool_prompt not in ("full", "compact"):
+            raise ConfigError(f"tool_prompt={tool_prompt!r} is not one of 'full', 'compact'")
         if domain is not None and domain not in strategies():
             raise ConfigError(f"unknown domain {domain!r}; choose one of {sorted(strategies())} or None")
         if context_tokens < 64:
@@ -94,6 +115,7 @@ class MultiTurnAgent:
         self.sampling = sampling or SamplingParams(temperature=0.7, max_new_tokens=128)
         self.context_tokens = context_tokens
         self.tools_in_template = tools_in_template
+        self.tool_prompt = tool_prompt
         if experiences is not None and not callable(getattr(experiences, "to_prompt", None)):
             raise ConfigError(f"experiences must be an ExperienceLibrary (with to_prompt), got "
                               f"{type(experiences).__name__}; load one with ExperienceLibrary.load(path)")
@@ -109,10 +131,10 @@ class MultiTurnAgent:
     def build_prompt(self, conversation: list[Message], tools: list[dict[str, Any]] | None = None) -> list[Message]:
         """The messages the model sees for the next agent turn (see module docs)."""
         env_system = [m.content for m in conversation if m.role == "system"]
-        parts = [strategies()[self.domain]] if self.domain else []
+        parts = [strategies()[self.domain]] if self.domain and self.tool_prompt == "full" else []
         parts += env_system + ([self.system_prompt] if self.system_prompt else [])
         if tools:
-            parts.append(_tools_text(tools))
+            parts.append(_tools_text(tools, self.tool_prompt))
         if self.experiences is not None:  # last: what comes before it is the same for every conversation of a pack,
             lessons = self.experiences.to_prompt(conversation, domain=self.domain)  # so the engine's prefix cache
             if lessons:                                                            # covers it

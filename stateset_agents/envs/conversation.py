@@ -96,13 +96,18 @@ class ConversationEnv(gym.Env[str, str]):
         user: ``"scripted"`` (default) or any :class:`UserSimulator` (e.g. ``LLMUser``).
         max_turns: agent messages before truncation; default from the pack.
         render_mode: ``"ansi"`` or None.
+        prompt: ``"full"`` (default) opens with the pack's ``system_prompt``; ``"compact"`` with its
+            ``compact_prompt`` (instructions trimmed for small models) when it has one.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
 
     def __init__(self, pack: str | EnvPack = "customer_service", *, scenario: str | None = None,
                  split: str = "train", user: str | UserSimulator = "scripted", max_turns: int | None = None,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, prompt: str = "full") -> None:
+        if prompt not in ("full", "compact"):
+            raise ValueError(f"prompt={prompt!r} is not one of 'full', 'compact'")
+        self.prompt = prompt
         self.pack = pack if isinstance(pack, EnvPack) else load_pack(pack)
         if split not in ("train", "test", "all"):
             raise PackError(f"split {split!r} is not one of 'train', 'test', 'all'")
@@ -144,7 +149,7 @@ class ConversationEnv(gym.Env[str, str]):
             self.scenario = self._pool[int(self.np_random.integers(len(self._pool)))]
         self._seed = seed
         self.db: Database = copy.deepcopy(self.scenario.database)
-        self.messages: list[Message] = [Message(role="system", content=self.pack.system_prompt)]
+        self.messages: list[Message] = [Message(role="system", content=self.instructions())]
         self._turns = self._tool_calls = self._tool_errors = 0
         self._record = EpisodeRecord(self.pack, self.scenario)
         self._forbidden: list[str] = []
@@ -159,6 +164,13 @@ class ConversationEnv(gym.Env[str, str]):
             raise EpisodeError(f"user simulator failed to open scenario {self.scenario.id!r}: {self._error}")
         self.messages.append(Message(role="user", content=_clean(turn.text)))
         return _fit(turn.text), self._info("user")
+
+    def instructions(self) -> str:
+        """The system message an episode opens with: the pack's ``compact_prompt`` under ``prompt="compact"`` when
+        it has one, else its ``system_prompt``."""
+        if self.prompt == "compact" and self.pack.compact_prompt:
+            return self.pack.compact_prompt
+        return self.pack.system_prompt
 
     async def astep(self, action: str) -> tuple[str, float, bool, bool, dict]:
         """Play the agent's message; see the class docstring for what comes back."""
@@ -278,7 +290,7 @@ class ConversationEnv(gym.Env[str, str]):
             "observation_role": role,
             "turn": self._turns,
             "messages": [m.model_copy(deep=True) for m in self.messages],
-            "tools": self.pack.tools_openai(),
+            "tools": self.pack.tools_openai(compact=self.prompt == "compact"),
             "tool_calls": self._tool_calls,
             "tool_errors": self._tool_errors,
             "forbidden_actions": sorted(set(self._forbidden)),
