@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..errors import PackError
 from .rules import ClaimSpec, Condition, ForbiddenAction, ForbiddenStatement, RequiredAction, _Strict
+from .variant_spec import VariantSpec, VaryEntry
 
 __all__ = [
     "ClaimSpec",
@@ -92,6 +93,8 @@ class ToolSpec(_Strict):
     """JSON schema (type object) of the arguments. Supported keywords: type, properties, required,
     enum, minimum, maximum, minLength, maxLength, items, additionalProperties (default false)."""
     effect: ToolEffect
+    summary: str | None = None
+    """Its purpose in a few words, for the compact listing (``prompt: compact``); none: the name says it."""
 
     @field_validator("name")
     @classmethod
@@ -225,6 +228,10 @@ class Scenario(_Strict):
     reference: list[ReferenceStep] = Field(min_length=1)
     references: list[str] = Field(default_factory=list)
     """Example ideal agent replies (for similarity rewards)."""
+    vary: list[VaryEntry] = Field(default_factory=list)
+    """Literals its variants replace beyond the pack's ids and people (envs/variants.py)."""
+    variant_of: str | None = None
+    """Set on a variant (``BASE~vN``): the train scenario it was made from."""
 
     @field_validator("id")
     @classmethod
@@ -243,6 +250,10 @@ class EnvPack(_Strict):
     """Agent strategy domain (customer_service, tech_support, sales, ...)."""
     system_prompt: str
     """What the agent is told about its role and the policy."""
+    compact_prompt: str | None = None
+    """The same instructions trimmed for small models (``tool_prompt: compact``); default: ``system_prompt``."""
+    variants: VariantSpec | None = None
+    """How train scenarios expand into variants (envs/variants.py); None: the pack has none."""
     max_turns: int = Field(default=12, ge=1)
     policy: PackPolicy = Field(default_factory=PackPolicy)
     tools: list[ToolSpec]
@@ -265,8 +276,13 @@ class EnvPack(_Strict):
             raise PackError(f"split {split!r} is not one of 'train', 'test', 'all'")
         return [s for s in self.scenarios if split == "all" or s.split == split]
 
-    def tools_openai(self) -> list[dict[str, Any]]:
-        return [t.openai_schema() for t in self.tools]
+    def tools_openai(self, compact: bool = False) -> list[dict[str, Any]]:
+        """The tools in OpenAI format; ``compact``: each description is the tool's ``summary`` (or empty)."""
+        tools = [t.openai_schema() for t in self.tools]
+        if compact:
+            for t, spec in zip(tools, self.tools, strict=True):
+                t["function"]["description"] = spec.summary or ""
+        return tools
 
 
 def _pkg_dir() -> Path:
