@@ -37,14 +37,18 @@ __all__ = ["main"]
 
 def _envs_list(args: argparse.Namespace, console: Console) -> int:
     from .envs import load_pack, registered_envs
+    from .envs.variants import variant_counts
 
     table = Table(title="Conversation environments")
-    for col in ("id", "pack", "train", "test", "tools"):
+    envs = sorted(registered_envs().items())
+    table.add_column("id", no_wrap=True, min_width=max((len(e) for e, _ in envs), default=2))
+    for col in ("pack", "train", "variants", "test", "tools"):
         table.add_column(col)
-    for env_id, kwargs in sorted(registered_envs().items()):
+    for env_id, kwargs in envs:
         pack = load_pack(kwargs["pack"])
-        table.add_row(env_id, pack.name, str(len(pack.split("train"))), str(len(pack.split("test"))),
-                      str(len(pack.tools)))
+        per, total = variant_counts(pack)
+        table.add_row(env_id, pack.name, str(len(pack.split("train"))), f"{per} each" if per else "-",
+                      str(len(pack.split("test"))), str(len(pack.tools)))
     console.print(table)
     return 0
 
@@ -200,7 +204,8 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
                           f"{args.max_new_tokens} >= 1")
     sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     for env in args.env:  # check every input before the (slow) model load
-        load_domain(env, split=args.split, limit=args.scenarios, max_turns=args.max_turns)
+        load_domain(env, split=args.split, limit=args.scenarios, max_turns=args.max_turns,
+                    tool_prompt=args.tool_prompt)
     extra = {}
     if args.experiences is not None:
         from .training.experience import ExperienceLibrary
@@ -214,7 +219,7 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     model = load_model(None if args.model == "default" else args.model, model_name=args.model_name)
     try:
         domains = [load_domain(e, split=args.split, limit=args.scenarios, max_turns=args.max_turns, model=model,
-                               sampling=sampling, **extra) for e in args.env]
+                               sampling=sampling, tool_prompt=args.tool_prompt, **extra) for e in args.env]
         report = asyncio.run(aevaluate_domains(None, domains, k=args.k, reward=reward, seed=args.seed,
                                                concurrency=args.concurrency))
     finally:
@@ -313,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float, default=0.7)
     ev.add_argument("--max-turns", type=int, default=None, help="agent messages per episode (default: the pack's)")
     ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--tool-prompt", choices=["full", "compact"], default="full",
+                    help="the agent's prompt: full, or compact for small models (the pack's compact_prompt)")
     ev.add_argument("--concurrency", type=int, default=32, help="episodes in flight at once")
     ev.add_argument("--json", default=None, metavar="OUT", help="write the full report (every trial) as JSON, and every episode next to it "
                     "(eval.json -> eval.transcripts.jsonl; see `stateset-agents show`)")

@@ -135,6 +135,12 @@ class TrialResult(_Strict):
     outcome_score: float | None = None
     """``outcome["score"]`` in [0, 1] (partial credit); None when the episode failed."""
     goal_reached: bool | None = None
+    progress: float | None = None
+    """``outcome["progress"]``: the share of earned items (envs/outcome.py); None when the episode failed."""
+    tool_calls: int | None = None
+    """Tool calls the agent made; None when the episode failed."""
+    tool_errors: int | None = None
+    """Of those, the ones that failed (unparseable, unknown tool, bad arguments, refused by the tool)."""
     turns: int | None = None
     """Agent messages in the episode."""
     reward: float | None = None
@@ -390,9 +396,15 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def compare(before: EvalReport, after: EvalReport) -> Table:
-    """A before/after table per domain: success, errors, outcome score, reward, pass@1, pass@k, pass^k and every
-    reward component, with deltas. Both reports must cover the same scenarios with the same k."""
+def compare(before: EvalReport, after: EvalReport, *more: EvalReport, labels: Sequence[str] | None = None) -> Table:
+    """Two reports: a before/after table per domain (success, errors, outcome score, reward, pass@1, pass@k, pass^k and
+    every reward component, with deltas). Three or more (the stages of a recipe, ``labels`` naming them): one row
+    per report, each with its paired difference against the row above and its standard error
+    (:func:`~stateset_agents.paired.stages_table`). All must cover the same scenarios with the same k."""
+    if more or labels is not None:
+        from .paired import stages_table
+
+        return stages_table([before, after, *more], labels)
     key = [(s.domain, s.scenario_id) for s in before.results]
     if before.k != after.k or sorted(key) != sorted((s.domain, s.scenario_id) for s in after.results):
         raise ConfigError(f"compare() needs two evaluations of the same scenarios with the same k; got k={before.k} "
@@ -452,13 +464,16 @@ class EvalDomain(NamedTuple):
 
 
 def load_domain(env: str, *, split: str = "test", limit: int | None = None, max_turns: int | None = None,
-                model: Any = None, sampling: Any = None, **agent_kwargs: Any) -> EvalDomain:
+                model: Any = None, sampling: Any = None, tool_prompt: str = "full", **agent_kwargs: Any
+                ) -> EvalDomain:
     """An EvalDomain from a pack name or folder (``customer_service``) or a registered Gymnasium id
     (``stateset/CustomerService-v0``; see :func:`~stateset_agents.resolve.resolve_env`): the first ``limit``
     scenarios of ``split``, in pack order.
 
     With ``model``, the domain gets its own MultiTurnAgent with the pack's strategy prompt (``sampling`` and
     ``agent_kwargs`` go to the agent); otherwise the agent passed to :func:`aevaluate_domains` plays it.
+    ``tool_prompt="compact"`` opens the envs with the pack's compact instructions (and gives the domain's own agent
+    the compact tool listing).
     """
     import functools
 
@@ -471,6 +486,7 @@ def load_domain(env: str, *, split: str = "test", limit: int | None = None, max_
         kwargs.pop(name, None)
     if max_turns is not None:
         kwargs["max_turns"] = max_turns
+    kwargs["prompt"] = tool_prompt
     ids = [s.id for s in pack.split(split)]
     if not ids:
         raise ConfigError(f"pack {pack.name!r} has no scenarios in split {split!r}; use split 'train' or 'all'")
@@ -482,7 +498,7 @@ def load_domain(env: str, *, split: str = "test", limit: int | None = None, max_
     agent = None
     if model is not None:
         agent = MultiTurnAgent(model, domain=pack.domain if pack.domain in strategies() else None,
-                               sampling=sampling, **agent_kwargs)
+                               sampling=sampling, tool_prompt=tool_prompt, **agent_kwargs)
     return EvalDomain(functools.partial(ConversationEnv, pack, split="all", **kwargs), ids, pack.name, agent)
 
 
@@ -538,6 +554,9 @@ def _trial(t: Any, r: RewardResult | None) -> TrialResult:
     return TrialResult(seed=t.seed, success=error is None and bool(o.get("success")), error=error,
                        outcome_score=o.get("score") if error is None else None,
                        goal_reached=o.get("goal_reached") if error is None else None,
+                       progress=o.get("progress") if error is None else None,
+                       tool_calls=o.get("tool_calls") if error is None else None,
+                       tool_errors=o.get("tool_errors") if error is None else None,
                        turns=sum(m.role == "assistant" for m in t.messages),
                        reward=r.value if r else None, components=dict(r.components) if r else {},
                        reward_error=r.error if r else None)

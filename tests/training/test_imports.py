@@ -20,7 +20,7 @@ LAYERS = {
     "envs": 2,
     "agents": 3, "resolve": 3,
     "rollout": 4, "rewards": 4,
-    "evaluation": 5, "transcripts": 5, "transcripts_show": 5,
+    "evaluation": 5, "paired": 5, "transcripts": 5, "transcripts_show": 5,
     "training": 6,
     "chat": 7, "demo": 7,
     "serving": 8, "": 8,  # "" is the package's public __init__
