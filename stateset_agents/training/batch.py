@@ -16,7 +16,7 @@ import torch
 
 from ..types import Trajectory
 
-__all__ = ["Sample", "collate", "samples_from_trajectories"]
+__all__ = ["Sample", "collate", "pack_turns", "samples_from_trajectories"]
 
 
 @dataclass
@@ -44,10 +44,43 @@ class Sample:
     value: float | None = None
     ret: float | None = None
     extra: dict = field(default_factory=dict)
+    spans: list[tuple[int, int]] | None = None
+    """Several agent turns packed into one sequence (:func:`pack_turns`): the ``[start, end)`` ranges of
+    ``input_ids`` under the loss. None: one turn, ``[completion_start, len(input_ids))``."""
+
+    def loss_spans(self) -> list[tuple[int, int]]:
+        return self.spans if self.spans is not None else [(self.completion_start, len(self.input_ids))]
 
     @property
     def num_completion(self) -> int:
-        return len(self.input_ids) - self.completion_start
+        return sum(b - a for a, b in self.loss_spans())
+
+
+def pack_turns(samples: Sequence[Sample]) -> list[Sample]:
+    """Merge each trajectory's consecutive agent turns into one sequence wherever a turn's tokens (prompt and
+    completion) are a prefix of the next turn's prompt: the conversation once, with every agent turn under the loss.
+
+    Causal attention gives every token the same context either way, so the loss and its gradient are those of the
+    separate turns (up to rounding), for a fraction of the tokens. A turn whose prompt does not extend the previous
+    one (the context budget condensed older turns, or the template re-renders history) starts a new sequence. Only
+    for samples without per-token policy data (demonstrations: SFT).
+    """
+    out: list[Sample] = []
+    for s in samples:
+        if s.old_logprobs is not None or s.ref_logprobs is not None:
+            raise ValueError("pack_turns is for demonstrations (no log-probs); GRPO trains on turns one by one")
+        last = out[-1] if out else None
+        if (last is not None and last.traj_index == s.traj_index and len(s.input_ids) > len(last.input_ids)
+                and s.input_ids[:len(last.input_ids)] == last.input_ids
+                and s.completion_start >= len(last.input_ids)):
+            last.spans = [*last.loss_spans(), (s.completion_start, len(s.input_ids))]
+            last.input_ids = list(s.input_ids)
+            last.truncated = last.truncated or s.truncated
+            continue
+        out.append(Sample(input_ids=list(s.input_ids), completion_start=s.completion_start, old_logprobs=None,
+                          traj_index=s.traj_index, turn_index=s.turn_index, truncated=s.truncated,
+                          temperature=s.temperature, weight=s.weight, advantage=s.advantage, spans=s.spans))
+    return out
 
 
 def samples_from_trajectories(trajectories: Sequence[Trajectory], indices: Sequence[int] | None = None,
@@ -111,7 +144,7 @@ def collate(samples: Sequence[Sample], pad_id: int, device: torch.device | str =
         n = len(s.input_ids)
         ids[r, :n] = torch.tensor(s.input_ids)
         mask[r, :n] = 1
-        for j, pos in enumerate(range(s.completion_start, n)):
+        for j, pos in enumerate(p for a, b in s.loss_spans() for p in range(a, b)):
             rows.append(r)
             positions.append(pos - 1)
             targets.append(s.input_ids[pos])

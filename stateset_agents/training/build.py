@@ -42,11 +42,23 @@ def resolve_device(device: str, dist: DistContext) -> str:
     return device
 
 
-def make_env_factory(env: str, *, max_turns: int | None = None) -> Any:
+def make_env_factory(env: str, *, max_turns: int | None = None, prompt: str = "full", variants: int = 0,
+                     seed: int = 0) -> Any:
+    """A factory of fresh ConversationEnvs over the pack ``env`` (all splits), with ``variants`` variants of each train
+    scenario added (envs/variants.py) and the pack's ``prompt`` (``full`` or ``compact``) instructions."""
     from ..envs import ConversationEnv, load_pack
+    from ..envs.variants import with_variants
 
     pack = load_pack(env)  # raises PackError naming the pack when it does not exist or is malformed
-    return functools.partial(ConversationEnv, pack, split="all", max_turns=max_turns)
+    if variants:
+        pack = with_variants(pack, variants, seed=seed)
+    return functools.partial(ConversationEnv, pack, split="all", max_turns=max_turns, prompt=prompt)
+
+
+def config_env_factory(config: Any) -> Any:
+    """:func:`make_env_factory` with a run config's ``env``, ``max_turns``, ``tool_prompt`` and ``train_variants``."""
+    return make_env_factory(config.env, max_turns=config.max_turns, prompt=config.tool_prompt,
+                            variants=config.train_variants, seed=config.seed)
 
 
 def make_evaluator(config: GRPOConfig, env_factory: Any, reward: Any, dist: DistContext) -> Any:
@@ -105,7 +117,7 @@ def _agent(config: Any, model: Any, domain: str | None) -> Any:
     from ..agents import MultiTurnAgent
     from ..models.base import SamplingParams
 
-    return MultiTurnAgent(model, domain=domain, context_tokens=config.context_tokens,
+    return MultiTurnAgent(model, domain=domain, context_tokens=config.context_tokens, tool_prompt=config.tool_prompt,
                           sampling=SamplingParams(temperature=config.temperature,
                                                   max_new_tokens=config.max_new_tokens))
 
@@ -118,7 +130,7 @@ def _build_grpo(config: GRPOConfig, dist: DistContext | None) -> Any:
     from ..rewards import load_reward
     from .trainer import GRPOTrainer
 
-    env_factory = make_env_factory(config.env, max_turns=config.max_turns)
+    env_factory = config_env_factory(config)
     reward = load_reward(config.reward)
     dist = _dist(config, dist)
     agent = _agent(config, load_model(config, dist), config.resolved_domain())
@@ -132,7 +144,7 @@ def _build_sft(config: SFTConfig, dist: DistContext | None) -> Any:
     from ..rewards import load_reward
     from .sft import SFTTrainer
 
-    env_factory = make_env_factory(config.env, max_turns=config.max_turns)
+    env_factory = config_env_factory(config)
     reward = load_reward(config.reward)
     dist = _dist(config, dist)
     agent = _agent(config, load_model(config, dist), config.resolved_domain())
@@ -149,7 +161,7 @@ def build_training_free(config: TrainingFreeConfig, *, embedder: Any = None) -> 
     from .tf_config import LearnerEndpoint
     from .training_free import TrainingFreeGRPO
 
-    env_factory = make_env_factory(config.env, max_turns=config.max_turns)
+    env_factory = config_env_factory(config)
     reward = load_reward(config.reward)
     resolve_model_path(config.model)
     spec = config.learner

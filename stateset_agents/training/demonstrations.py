@@ -81,8 +81,9 @@ def _require(kept: int, needed: int, what: str, fix: str) -> None:
 
 
 async def reference_demonstrations(agent: Any, pack: Any, scenarios: Sequence[str], seeds: int,
-                                   min_success: int = 1) -> tuple[list[Trajectory], dict[str, Any]]:
-    """Replay each scenario's reference once per seed; keep the successes. Returns them and counts."""
+                                   min_success: int = 1, prompt: str = "full"
+                                   ) -> tuple[list[Trajectory], dict[str, Any]]:
+    """Replay each scenario's reference once per seed (envs opened with ``prompt``); keep the successes."""
     from ..envs import ConversationEnv
 
     kept: list[Trajectory] = []
@@ -91,7 +92,7 @@ async def reference_demonstrations(agent: Any, pack: Any, scenarios: Sequence[st
         scenario = pack.scenario(sid)
         actions = [*reference_actions(scenario), CLOSING]
         for seed in range(seeds):
-            env = ConversationEnv(pack, scenario=sid, split="all",
+            env = ConversationEnv(pack, scenario=sid, split="all", prompt=prompt,
                                   max_turns=max(pack.max_turns, len(scenario.reference) + 1))
             try:
                 t = await run_episode(_Replay(agent, actions), env, sid, seed)

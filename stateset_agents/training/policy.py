@@ -110,8 +110,16 @@ class Policy:
         if isinstance(base, PeftModel):
             return base
         cfg = self.config
+        layers = None
+        if cfg.lora_layers is not None:  # the last N decoder layers: the backward pass stops below them
+            n = int(getattr(base.config, "num_hidden_layers", 0))
+            if cfg.lora_layers > n:
+                raise ConfigError(f"lora_layers={cfg.lora_layers} but the model has {n} decoder layers; use at most "
+                                  f"{n}, or leave it out to adapt every layer")
+            layers = list(range(n - cfg.lora_layers, n))
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+                          target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM",
+                          layers_to_transform=layers)
         try:
             # Injects the adapters into `base` in place: the engine, which holds `base`, samples with them.
             with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5

@@ -48,6 +48,12 @@ class RunConfig(BaseModel):
     """Scenarios to train on."""
     scenarios: list[str] | None = None
     """Train only on these scenario ids (of ``train_split``); default: all of the split."""
+    train_variants: int = Field(default=0, ge=0, le=1000)
+    """Variants of each train scenario to add to the train pool (the pack's ``variants:``; envs/variants.py); with
+    ``scenarios``, only theirs. 0: none. Eval scenarios are never varied."""
+    tool_prompt: Literal["full", "compact"] = "full"
+    """The agent's prompt: ``full`` (strategy, the pack's instructions, every tool's whole description) or
+    ``compact`` for small models (the pack's ``compact_prompt`` and one ``name(args): summary`` line per tool)."""
     eval_split: Split = "test"
     """Scenarios to evaluate on."""
     eval_scenarios: list[str] | None = None
@@ -151,6 +157,10 @@ class PolicyConfig(RunConfig):
     """LoRA dropout."""
     lora_target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     """Module names that get adapters."""
+    lora_layers: int | None = Field(default=None, ge=1)
+    """Adapt only the last N decoder layers (None: all). Nothing below them needs a gradient, so the backward pass
+    stops there: on SmolLM2 (30 layers) here, a LoRA forward and backward ran at 76 tokens/s with every layer,
+    122 with the last 10, 184 with the last 6 (benchmarks/RESULTS.md, "SFT throughput")."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
     fsdp: bool = False

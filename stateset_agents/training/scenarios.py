@@ -22,16 +22,18 @@ def split_ids(env_factory: Callable[[], Any], split: str) -> tuple[Any, list[str
 
 def pick_scenarios(pool: list[str], wanted: list[str] | None, field: str, split: str, pack: str) -> list[str]:
     """``wanted`` (checked against ``pool``) or the whole pool. An unknown id is an error naming it, its closest
-    ids in the split, and the split's ids."""
+    ids in the split, and the split's ids. Variants (``BASE~vN``) are not listed by id: a wanted base brings its own."""
     if wanted is None:
         return list(pool)
-    unknown = [s for s in wanted if s not in pool]
+    base = [s for s in pool if "~v" not in s]
+    variants = [s for s in pool if "~v" in s and s.split("~v")[0] in wanted]
+    unknown = [s for s in wanted if s not in pool or s not in base]
     if unknown:
-        near = {u: difflib.get_close_matches(u, pool, n=1) for u in unknown}
+        near = {u: difflib.get_close_matches(u, base, n=1) for u in unknown}
         hint = "; ".join(f"{u!r}: did you mean {m[0]!r}?" for u, m in near.items() if m)
         raise ConfigError(f"{field} {unknown} are not in split {split!r} of pack {pack!r}"
-                          + (f" ({hint})" if hint else "") + f"; choose from {pool}")
-    return list(wanted)
+                          + (f" ({hint})" if hint else "") + f"; choose from {base}")
+    return [*wanted, *variants]  # a listed train scenario brings its variants (train_variants)
 
 
 def run_scenarios(env_factory: Callable[[], Any], config: Any) -> tuple[Any, list[str], list[str]]:

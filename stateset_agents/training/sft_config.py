@@ -57,7 +57,11 @@ class SFTConfig(PolicyConfig):
     batch_size: int = Field(default=8, ge=1)
     """Agent turns per optimiser update (split into micro-batches of ``micro_batch_size``)."""
     max_sample_tokens: int = Field(default=2048, ge=16)
-    """Agent turns whose prompt plus completion is longer than this are left out (and counted)."""
+    """Sequences longer than this are left out (and counted)."""
+    pack_turns: bool = True
+    """One sequence per demonstration, every agent turn under the loss, wherever each turn's prompt extends the
+    previous turn (training/batch.pack_turns): the same loss as separate turns for about a third of the tokens.
+    A ``batch_size`` then counts sequences (conversations), not turns."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SFTConfig:
