@@ -88,7 +88,7 @@ async def test_no_audits_keeps_the_old_behaviour():
 
 
 def test_audit_fraction_is_checked():
-    with pytest.raises(ConfigError, match="audit_fraction: Input should be less than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"field 'audit_fraction': Input should be less than or equal to 1 \(got 1.5\)"):
         fast(teacher=Teacher(), audit_fraction=1.5)
 
 
