@@ -7,6 +7,7 @@
                                               play one episode and print it
     stateset-agents demo                      play one scripted conversation per domain
     stateset-agents train CONFIG [--resume]   train with SFT, GRPO or Training-Free GRPO (its `algorithm`)
+    stateset-agents recipe CONFIG [--check]   run stages (SFT, RFT, GRPO) in order, then the held-out table
     stateset-agents report RUN_DIR            plot a run's reward components over steps (RUN_DIR/plot.png) and write
                                               RUN_DIR/report.html (curves, before/after, every eval transcript)
     stateset-agents show FILE [--scenario ID] [--failed] [--step N] [--diff OTHER]
@@ -153,6 +154,19 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace, console: Console) -> int:
+    from .training.recipe import load_recipe, run_recipe
+
+    if args.check:
+        _, stages = load_recipe(args.config)
+        for name, c in stages:
+            console.print(f"{name}: {c.algorithm} -> {c.output_dir}" + (f" (from {c.init_from})" if c.init_from else ""),
+                          highlight=False)
+        return 0
+    run_recipe(args.config, console)
+    return 0
+
+
 def _resolve_config_env(config: Any) -> Any:
     """The config's ``env`` through the one resolver, checked before any model loads: a registered id becomes
     its pack's folder (the trainers load packs by name or folder); a pack name or folder stays as written."""
@@ -288,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-steps", type=int, default=None, help="overrides the config's max_steps")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     train.set_defaults(func=_train)
+    rc = sub.add_parser("recipe", help="run training stages in order (SFT, RFT, GRPO), each from the last one's "
+                        "weights, and print the held-out table of every stage (docs/training.md, 'The recipe')")
+    rc.add_argument("config", help="recipe YAML (see examples/recipe_customer_service.yaml)")
+    rc.add_argument("--check", action="store_true", help="validate the recipe and list its stages; run nothing")
+    rc.set_defaults(func=_recipe)
     report = sub.add_parser("report", help="plot a run's reward and components over steps; write its HTML report")
     report.add_argument("run_dir", help="a run folder with metrics.jsonl")
     report.add_argument("--out", default=None, help="PNG path (default RUN_DIR/plot.png)")

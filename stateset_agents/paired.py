@@ -83,7 +83,8 @@ def stage_summary(report: EvalReport) -> dict[str, Any]:
     valid, with_calls = tool_validity(report)
     return {"success_rate": o.success_rate, "successes": o.successes, "trials": o.trials,
             "progress": sum(_progress(t) for t in trials) / len(trials) if trials else None,
-            "pass_hat_k": dict(o.pass_hat_k), "tool_call_validity": valid, "episodes_with_tool_calls": with_calls}
+            "pass_hat_k": {str(j): v for j, v in o.pass_hat_k.items()}, "tool_call_validity": valid,
+            "episodes_with_tool_calls": with_calls}
 
 
 def _signed(d: float, se: float, pct: bool) -> str:
@@ -118,5 +119,5 @@ def stages_table(reports: Sequence[EvalReport], labels: Sequence[str] | None = N
             dp, sep, _ = paired_difference(reports[i - 1], r, "progress")
             deltas = [_signed(ds, ses, True), _signed(dp, sep, False)]
         t.add_row(label, f"{s['success_rate']:.1%} ({s['successes']}/{s['trials']})", f"{s['progress']:.3f}",
-                  *[f"{s['pass_hat_k'].get(j, 0.0):.3f}" for j in range(1, k + 1)], valid, *deltas)
+                  *[f"{s['pass_hat_k'].get(str(j), 0.0):.3f}" for j in range(1, k + 1)], valid, *deltas)
     return t

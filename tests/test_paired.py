@@ -43,7 +43,7 @@ def test_tool_validity_and_stage_summary():
     assert valid == pytest.approx((11 - 2) / 11) and with_calls == pytest.approx(6 / 8)
     assert tool_validity(BEFORE) == (None, 0.0)
     s = stage_summary(GRPO)
-    assert (s["successes"], s["trials"], s["pass_hat_k"][2]) == (5, 8, pytest.approx(0.5))
+    assert (s["successes"], s["trials"], s["pass_hat_k"]["2"]) == (5, 8, pytest.approx(0.5))
 
 
 def test_compare_with_three_reports_prints_the_stages_table():

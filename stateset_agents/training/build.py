@@ -62,8 +62,9 @@ def config_env_factory(config: Any) -> Any:
 
 
 def make_evaluator(config: GRPOConfig, env_factory: Any, reward: Any, dist: DistContext) -> Any:
-    """An evaluator for the trainer: the eval split, ``eval_k`` trials per scenario, the same seeds every time,
-    sharded over processes; writes ``eval_<tag>.json`` and, after training, prints the before/after table."""
+    """An evaluator for the trainer: the eval split, ``eval_k`` trials per scenario, once per ``eval_seeds`` seed (the
+    same seeds every time), sharded over processes; writes ``eval/<tag>-seed<S>.json`` per seed and
+    ``eval_<tag>.json`` (the first seed's report) and, after training, prints the before/after table."""
     from ..evaluation import EvalReport, aevaluate, compare
     from .scenarios import run_scenarios
 
@@ -75,16 +76,22 @@ def make_evaluator(config: GRPOConfig, env_factory: Any, reward: Any, dist: Dist
         saved = trainer.agent.sampling
         trainer.agent.sampling = SamplingParams(temperature=config.eval_temperature,
                                                 max_new_tokens=config.max_new_tokens)
+        reports = []
         try:
-            report = await aevaluate(trainer.agent, env_factory, pool, k=config.eval_k, reward=reward,
-                                     seed=config.seed + 1_000_003, rank=dist.rank, world_size=dist.world_size,
-                                     progress=False, domain=Path(config.env).name)
+            for seed in config.eval_seeds:  # the same seeds as SFT's and Training-Free's evaluation: paired rows
+                report = await aevaluate(trainer.agent, env_factory, pool, k=config.eval_k, reward=reward,
+                                         seed=seed, rank=dist.rank, world_size=dist.world_size,
+                                         progress=False, domain=Path(config.env).name)
+                if dist.distributed:
+                    report = EvalReport.merge(dist.all_gather_object(report))
+                reports.append(report)
         finally:
             trainer.agent.sampling = saved
-        if dist.distributed:
-            report = EvalReport.merge(dist.all_gather_object(report))
+        report = reports[0]
         if dist.is_main:
-            report.save(trainer.run_dir / f"eval_{tag}.json")
+            for seed, r in zip(config.eval_seeds, reports, strict=True):
+                r.save(trainer.run_dir / "eval" / f"{tag}-seed{seed}.json")
+            report.save(trainer.run_dir / f"eval_{tag}.json")  # the first seed's report (the HTML report reads it)
             if tag == "after" and (trainer.run_dir / "eval_before.json").is_file():
                 from rich.console import Console
 
