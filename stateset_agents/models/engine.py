@@ -237,10 +237,14 @@ class GenerationEngine:
             self.stats.prefix_tokens_reused += p * len(new)
         else:
             cache = DynamicCache()
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=pos_ids.to(self.device), use_cache=True, **cache_kwarg(self.model, cache),
-                         **logits_kwarg(self.model))
-        logits = out.logits[:, -1, :].float()
+        if self._fast is not None:
+            logits = self._fast.prefill(ids.to(self.device), pos_ids.to(self.device), cache,
+                                        mask.to(self.device)).float()
+        else:
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                             position_ids=pos_ids.to(self.device), use_cache=True, **cache_kwarg(self.model, cache),
+                             **logits_kwarg(self.model))
+            logits = out.logits[:, -1, :].float()
         self._merge(new, cache, mask)  # the model filled `cache` in place
         self._admitting = []
         self._sample_and_finish(new, logits)

@@ -16,7 +16,9 @@ with this module:
 
 The snapshot is taken from the live model when the engine first decodes and rebuilt when the weights change (the
 engine drops it on ``clear_prefix_cache()``, which the trainer calls after every update, and checks a parameter
-fingerprint). Prefill still runs through the transformers forward, which fills the same KV cache this reads.
+fingerprint). Prefill runs through the same snapshot (:meth:`DecodeWeights.prefill`, causal over the new tokens), so a
+LoRA policy's prompts are not forwarded through peft's unmerged adapters either; the cached shared prefix is built
+by the transformers forward, whose keys and values are the same up to rounding.
 
 Supported: ``model_type == "llama"`` (Llama, SmolLM2, ...) without attention/MLP biases, SiLU MLP, no DoRA. For
 anything else :func:`unsupported_reason` says why and the engine uses the transformers forward (recorded in
@@ -190,6 +192,47 @@ class DecodeWeights:
             gu = layer.gate_up(x)
             h = h + layer.down(F.silu(gu[:, :self.inter]) * gu[:, self.inter:]).view(b, 1, -1)
         return self.lm_head(self._norm(h, self.norm).view(b, -1))
+
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: Any,
+                mask: torch.Tensor) -> torch.Tensor:
+        """Several new tokens per row (a prompt, left-padded; ``mask`` ``[b, P + T]`` covers the cached ``P`` and the
+        ``T`` new positions): fills ``cache`` (``cache.update``, so an empty DynamicCache or a prefix's views) and
+        returns the logits of each row's last position. Causal within the new tokens, as the transformers forward."""
+        b, t = input_ids.shape
+        h = self.embed(input_ids)  # (b, t, hidden)
+        if self.precision == "int8":
+            h = h.float()
+        cos, sin = self.rotary(h, position_ids)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (b, 1, t, d)
+        total = mask.shape[1]
+        causal = torch.ones((t, total), dtype=torch.bool, device=mask.device).tril(total - t)
+        attn_mask = mask.bool()[:, None, None, :] & causal[None, None]
+        attn_mask = attn_mask | _diagonal(t, total, mask.device)[None, None]  # a pad attends to itself: no NaN
+        for i, layer in enumerate(self.layers):
+            x = self._norm(h, layer.ln1).reshape(b * t, -1)
+            qkv = layer.qkv(x).view(b, t, -1)
+            q = qkv[..., :self.q_size].view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            k = qkv[..., self.q_size:self.q_size + self.kv_size].view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+            v = qkv[..., self.q_size + self.kv_size:].view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            keys, values = cache.update(k, v, i)
+            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask,
+                                               enable_gqa=self.n_heads != self.n_kv)
+            h = h + layer.o(a.transpose(1, 2).reshape(b * t, -1)).view(b, t, -1)
+            x = self._norm(h, layer.ln2).reshape(b * t, -1)
+            gu = layer.gate_up(x)
+            h = h + layer.down(F.silu(gu[:, :self.inter]) * gu[:, self.inter:]).view(b, t, -1)
+        return self.lm_head(self._norm(h[:, -1], self.norm))
+
+
+def _diagonal(t: int, total: int, device: Any) -> torch.Tensor:
+    """``[t, total]``: True where new token ``j`` meets its own position ``total - t + j``."""
+    d = torch.zeros((t, total), dtype=torch.bool, device=device)
+    d[torch.arange(t), torch.arange(total - t, total)] = True
+    return d
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -141,3 +141,35 @@ async def test_fast_and_transformers_paths_sample_the_same_tokens(tiny_model_pat
     finally:
         fast.close()
         slow.close()
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_prefill_through_the_snapshot_matches_transformers(tiny, lora):
+    """A left-padded prompt batch, on an empty cache and on a cached shared prefix: the snapshot's prefill gives the
+    transformers forward's last-position logits and a cache that decodes the same next step."""
+    model = _lora(tiny) if lora else tiny
+    fast = DecodeWeights(model)
+    prefix = torch.tensor([[3, 4, 5, 6]])
+    ids = torch.tensor([[0, 0, 7, 8, 9], [0, 10, 11, 12, 13], [14, 15, 16, 17, 18]])
+    new_mask = (torch.arange(5)[None, :] >= torch.tensor([[2], [1], [0]])).long()
+    for p in (0, prefix.shape[1]):
+        mask = torch.cat([torch.ones(3, p, dtype=torch.long), new_mask], 1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
+        caches = []
+        with torch.inference_mode():
+            for _ in range(2):
+                c = DynamicCache()
+                if p:
+                    model(input_ids=prefix, attention_mask=torch.ones_like(prefix), cache=c, use_cache=True)
+                    for layer in c.layers:
+                        layer.keys, layer.values = layer.keys.expand(3, -1, -1, -1), layer.values.expand(3, -1, -1, -1)
+                caches.append(c)
+            hf = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=caches[0],
+                       use_cache=True).logits[:, -1]
+            fa = fast.prefill(ids, pos, caches[1], mask)
+            assert torch.allclose(hf, fa, atol=1e-4), (p, (hf - fa).abs().max())
+            for a, b in zip(caches[0].layers, caches[1].layers, strict=True):
+                assert torch.allclose(a.keys[mask[:, None, :, None].bool().expand_as(a.keys)],
+                                      b.keys[mask[:, None, :, None].bool().expand_as(b.keys)], atol=1e-4)
+                assert torch.allclose(a.values, b.values, atol=1e-4) or torch.allclose(
+                    a.values * mask[:, None, :, None], b.values * mask[:, None, :, None], atol=1e-4)
