@@ -53,7 +53,7 @@ from ._compat import cache_kwarg, logits_kwarg
 from .base import SamplingParams
 from .fast_decode import DecodeWeights, unsupported_reason
 from .grammar import GrammarCompiler, JsonConstraint
-from .kv_cache import _buffered, _fingerprint, _lpad, _lpad_mask, _Prefix, common_prefix_len
+from .kv_cache import _buffered, _concat_rows, _fingerprint, _lpad_mask, _Prefix, common_prefix_len
 from .requests import EngineStats, GenerationResult, _Request
 from .sampling import _sample_rows
 
@@ -302,9 +302,7 @@ class GenerationEngine:
         t_run, t_new = self._mask.shape[1], mask.shape[1]
         width = max(t_run, t_new)
         for layer_run, layer_new in zip(self._cache.layers, cache.layers, strict=True):
-            layer_run.keys = torch.cat([_lpad(layer_run.keys, width), _lpad(layer_new.keys, width)], dim=0)
-            layer_run.values = torch.cat([_lpad(layer_run.values, width), _lpad(layer_new.values, width)], dim=0)
-            _buffered(layer_run)
+            _concat_rows(layer_run, layer_new, width)  # one copy of each side into the new buffer
         self._mask = torch.cat([_lpad_mask(self._mask, width), _lpad_mask(mask, width)], dim=0)
         self._active.extend(new)
 

@@ -80,6 +80,24 @@ def _buffered(layer: Any, spare: int = 64) -> None:
         layer.__class__ = _BufferedLayer
 
 
+def _concat_rows(run: Any, new: Any, width: int, spare: int = 64) -> None:
+    """Append the rows of cache layer ``new`` below those of ``run`` (both left-padded to ``width`` positions), in
+    place, with one copy of each into a fresh buffer that has ``spare`` room to decode into (the pads are zeros)."""
+    keys = run.keys
+    b1, h, t1, d = keys.shape
+    b2, t2 = new.keys.shape[0], new.keys.shape[2]
+    kbuf = keys.new_zeros((b1 + b2, h, width + spare, d))
+    vbuf = run.values.new_zeros((b1 + b2, h, width + spare, d))
+    kbuf[:b1, :, width - t1:width] = keys
+    vbuf[:b1, :, width - t1:width] = run.values
+    kbuf[b1:, :, width - t2:width] = new.keys
+    vbuf[b1:, :, width - t2:width] = new.values
+    run._kbuf, run._vbuf, run._len = kbuf, vbuf, width
+    run.keys, run.values = kbuf[:, :, :width], vbuf[:, :, :width]
+    if not isinstance(run, _BufferedLayer):
+        run.__class__ = _BufferedLayer
+
+
 class _BufferedLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
         n, q = self._len, key_states.shape[-2]
