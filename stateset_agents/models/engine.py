@@ -28,6 +28,10 @@ every hidden state is the one a full prefill computes (causal attention), up to 
 cache is dropped when the weights change: ``clear_prefix_cache()`` is called by the trainer after every update,
 and a fingerprint of the parameters is checked before each reuse.
 
+Conversation cache: a finished request's keys and values are kept (up to ``conversation_cache_tokens`` positions),
+and a later prompt that extends one (the next turn of a multi-turn episode) is prefilled only past it
+(models/seq_cache.py). Dropped with the prefix cache when the weights change.
+
 Constrained decoding: a request with ``sampling.json_schema`` has its row's logits masked by its grammar
 (llguidance) before sampling, and ends when the JSON document is complete (see :mod:`.grammar`).
 
@@ -54,8 +58,9 @@ from .base import SamplingParams
 from .fast_decode import DecodeWeights, unsupported_reason
 from .grammar import GrammarCompiler, JsonConstraint
 from .kv_cache import _buffered, _concat_rows, _fingerprint, _lpad_mask, _Prefix, common_prefix_len
-from .requests import EngineStats, GenerationResult, _Request
+from .requests import EngineStats, GenerationResult, _Request, _set_exception, _set_result, check_finished
 from .sampling import _sample_rows
+from .seq_cache import SequenceCache
 
 __all__ = ["EngineStats", "GenerationEngine", "GenerationResult"]
 
@@ -79,7 +84,8 @@ class GenerationEngine:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 32,
                  eos_token_ids: list[int] | None = None, admit_window: float = 0.02,
-                 min_prefix_tokens: int = 64, fast_decode: bool = True, precision: str = "native") -> None:
+                 min_prefix_tokens: int = 64, fast_decode: bool = True, precision: str = "native",
+                 conversation_cache_tokens: int = 16384) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -102,6 +108,8 @@ class GenerationEngine:
         self._prefix: _Prefix | None = None
         self._last_prompt: list[int] = []
         self._clear_prefix = threading.Event()
+        self._seqs = SequenceCache(max_tokens=conversation_cache_tokens)  # models/seq_cache.py
+        self._seqs_fp: torch.Tensor | None = None
         self._grammars: GrammarCompiler | None = None
         self._fast_reason = unsupported_reason(model) if fast_decode else "fast_decode=False"
         self._fast: DecodeWeights | None = None
@@ -159,8 +167,10 @@ class GenerationEngine:
 
     def set_precision(self, precision: str) -> None:
         """The fast path's weights from the next admission on: ``native`` or ``int8`` (CPU; needs the fast path)."""
-        if precision not in ("native", "int8"):
-            raise ValueError(f"precision {precision!r} is not one of 'native', 'int8'")
+        if precision not in ("native", "bf16", "int8"):
+            raise ValueError(f"precision {precision!r} is not one of 'native', 'bf16', 'int8'")
+        if precision == "bf16" and self._fast_reason:
+            raise ValueError(f"precision 'bf16' needs the fast decode path, which is off: {self._fast_reason}")
         if precision == "int8" and self._fast_reason:
             raise ValueError(f"precision 'int8' needs the fast decode path, which is off: {self._fast_reason}")
         if precision == "int8" and self.device.type != "cpu":
@@ -219,8 +229,33 @@ class GenerationEngine:
             return
         self.stats.prefills += 1
         self._refresh_snapshot()
-        prefix = self._shared_prefix(new)
-        p = len(prefix.ids) if prefix is not None else 0
+        if self._clear_prefix.is_set():  # (the prefix itself is dropped in _shared_prefix)
+            self._seqs.clear()
+        if len(self._seqs):  # next turns of finished conversations: prefill only what is new, one by one
+            if not torch.equal(self._seqs_fp, _fingerprint(self.model)):
+                self._seqs.clear()
+            rest = []
+            for r in new:
+                hit = self._seqs.take(r.prompt_ids) if r.constraint is None else None
+                if hit is None:
+                    rest.append(r)
+                else:
+                    self.stats.conversation_hits += 1
+                    self.stats.conversation_tokens_reused += hit[0]
+                    self._prefill([r], hit[1], hit[0])
+            new = rest
+        if new:
+            prefix = self._shared_prefix(new)
+            cache = prefix.expanded(len(new)) if prefix is not None else DynamicCache()
+            p = len(prefix.ids) if prefix is not None else 0
+            if prefix is not None:
+                self.stats.prefix_hits += 1
+                self.stats.prefix_tokens_reused += p * len(new)
+            self._prefill(new, cache, p)
+        self._admitting = []
+
+    def _prefill(self, new: list[_Request], cache: Any, p: int) -> None:
+        """Prefill ``new`` on ``cache`` (holding their first ``p`` positions), merge them into the batch, sample."""
         width = max(len(r.prompt_ids) - p for r in new)
         ids = torch.full((len(new), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(new), p + width), dtype=torch.long)
@@ -231,12 +266,6 @@ class GenerationEngine:
             mask[i, p + width - n:] = 1
             r.pos = len(r.prompt_ids)
         pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
-        if prefix is not None:
-            cache = prefix.expanded(len(new))
-            self.stats.prefix_hits += 1
-            self.stats.prefix_tokens_reused += p * len(new)
-        else:
-            cache = DynamicCache()
         if self._fast is not None:
             logits = self._fast.prefill(ids.to(self.device), pos_ids.to(self.device), cache,
                                         mask.to(self.device)).float()
@@ -246,7 +275,6 @@ class GenerationEngine:
                              **logits_kwarg(self.model))
             logits = out.logits[:, -1, :].float()
         self._merge(new, cache, mask)  # the model filled `cache` in place
-        self._admitting = []
         self._sample_and_finish(new, logits)
 
     def _refresh_snapshot(self) -> None:
@@ -341,11 +369,16 @@ class GenerationEngine:
             self.stats.new_tokens += 1
             if r.on_token is not None:
                 r.loop.call_soon_threadsafe(r.on_token, token, lp)
-            self._check_finished(r)
+            check_finished(r, self.eos, self.tokenizer)
         done = [r for r in self._active if r.finish is not None]
         if not done:
             return
         keep = [i for i, r in enumerate(self._active) if r.finish is None]
+        for i, r in enumerate(self._active):  # keep finished conversations' keys and values for their next turn
+            if r.finish in ("stop", "length") and r.constraint is None and self._seqs.max_tokens:
+                if not len(self._seqs):
+                    self._seqs_fp = _fingerprint(self.model)
+                self._seqs.put(r.prompt_ids + r.out_ids[:-1], self._cache, self._mask, i)
         for r in done:
             r.loop.call_soon_threadsafe(_set_result, r.future, GenerationResult(
                 r.out_ids, r.logprobs, r.text, r.finish or "stop"))
@@ -363,36 +396,4 @@ class GenerationEngine:
             _buffered(layer)
         self._active = [self._active[i] for i in keep]
 
-    def _check_finished(self, r: _Request) -> None:
-        if r.future.cancelled():  # nobody waits for it any more: free its row
-            r.finish = "cancelled"
-            return
-        s = r.sampling
-        token = r.out_ids[-1]
-        if token in self.eos:
-            r.finish = "stop"
-            r.text = self.tokenizer.decode(r.out_ids[:-1], skip_special_tokens=True)
-            return
-        if r.constraint is not None and r.constraint.done:  # the JSON document is complete
-            r.finish = "stop"
-            r.text = self.tokenizer.decode(r.out_ids, skip_special_tokens=True)
-            return
-        if s.stop:
-            text = self.tokenizer.decode(r.out_ids, skip_special_tokens=True)
-            cut = min((text.find(x) for x in s.stop if x in text), default=-1)
-            if cut >= 0:
-                r.finish, r.text = "stop", text[:cut]
-                return
-        if len(r.out_ids) >= s.max_new_tokens:
-            r.finish = "length"
-            r.text = self.tokenizer.decode(r.out_ids, skip_special_tokens=True)
 
-
-def _set_result(fut: asyncio.Future, value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _set_exception(fut: asyncio.Future, e: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(e)

@@ -35,8 +35,10 @@ import torch.nn.functional as F
 
 __all__ = ["DecodeWeights", "effective_weight", "unsupported_reason"]
 
-PRECISIONS = ("native", "int8")
-"""``native``: the model's own dtype (fp32 here, bf16 on a GPU); ``int8``: int8 weights, CPU only."""
+PRECISIONS = ("native", "bf16", "int8")
+"""``native``: the model's own dtype (fp32 here, bf16 on a GPU); ``bf16``: bfloat16 copies of the linear layers'
+weights (activations, norms and the KV cache stay in the model's dtype; on a CPU with AMX the matmuls run in
+bf16); ``int8``: int8 weights, CPU only."""
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -86,6 +88,8 @@ class _Linear:
     def build(cls, w: torch.Tensor, precision: str) -> _Linear:
         if precision == "native":
             return cls(w.contiguous())
+        if precision == "bf16":
+            return cls(w.to(torch.bfloat16).contiguous())
         w = w.float()
         scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8)
         q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
@@ -93,6 +97,8 @@ class _Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.scales is None:
+            if self.weight.dtype != x.dtype:  # bf16 weights: the matmul in bf16, the result in the model's dtype
+                return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
             return F.linear(x, self.weight)
         return torch.ops.aten._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
 

@@ -32,7 +32,10 @@ class HFChatModel:
         max_batch_size: most requests decoded together.
         model / tokenizer: already-loaded objects instead of ``path`` (e.g. the policy being trained).
         prefix_cache_tokens: shortest prompt prefix shared by concurrent or consecutive requests whose keys and
-            values the engine caches and reuses (the system message of an environment); 0 turns it off.
+            values the engine caches and reuses (the system message of an environment); 0 turns it off, and the
+            conversation cache with it.
+        conversation_cache_tokens: positions of finished requests' keys and values the engine keeps, so that the
+            next turn of a conversation prefills only what is new (models/seq_cache.py); 0 turns it off.
         fast_decode: decode steps through a snapshot of the effective weights (merged LoRA, fused projections;
             models/fast_decode.py) for Llama-family models; False uses the transformers forward throughout.
         precision: ``native`` (the model's dtype) or ``int8`` (int8 weights in the decode snapshot, CPU only;
@@ -41,7 +44,8 @@ class HFChatModel:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, dtype: str = "float32", device: str = "cpu",
                  max_batch_size: int = 32, model: Any = None, tokenizer: Any = None, name: str | None = None,
-                 prefix_cache_tokens: int = 64, fast_decode: bool = True, precision: str = "native") -> None:
+                 prefix_cache_tokens: int = 64, fast_decode: bool = True, precision: str = "native",
+                 conversation_cache_tokens: int = 16384) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,7 +72,8 @@ class HFChatModel:
             eos_ids.add(tokenizer.eos_token_id)
         self.engine = GenerationEngine(model, tokenizer, max_batch_size=max_batch_size, eos_token_ids=sorted(eos_ids),
                                        min_prefix_tokens=prefix_cache_tokens, fast_decode=fast_decode,
-                                       precision=precision)
+                                       precision=precision,
+                                       conversation_cache_tokens=conversation_cache_tokens if prefix_cache_tokens else 0)
 
     def prompt_ids(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> list[int]:
         """The chat-templated prompt, ending with the assistant generation prompt."""

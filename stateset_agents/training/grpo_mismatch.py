@@ -39,15 +39,15 @@ def set_rollout_precision(chat_model: Any, config: Any) -> None:
     """Make the policy's engine sample at ``config.rollout_precision``; a clear error when it cannot."""
     want = config.rollout_precision
     engine = getattr(chat_model, "engine", None)
-    if want == "int8":
+    if want in ("int8", "bf16"):
         if getattr(chat_model, "model", None) is None or not hasattr(engine, "set_precision"):
-            raise ConfigError(f"rollout_precision 'int8' needs a local HFChatModel policy (its engine decodes with "
-                              f"int8 weights), but the agent's model is {type(chat_model).__name__}; use "
+            raise ConfigError(f"rollout_precision {want!r} needs a local HFChatModel policy (its engine decodes with "
+                              f"{want} weights), but the agent's model is {type(chat_model).__name__}; use "
                               "rollout_precision: fp32")
         try:
-            engine.set_precision("int8")
+            engine.set_precision(want)
         except ValueError as e:
-            raise ConfigError(f"rollout_precision 'int8' is not possible here: {e}; use rollout_precision: "
+            raise ConfigError(f"rollout_precision {want!r} is not possible here: {e}; use rollout_precision: "
                               "fp32") from e
     elif hasattr(engine, "set_precision"):
         engine.set_precision("native")

@@ -165,10 +165,11 @@ class Policy:
         cfg = self.config
         if self.fsdp is not None:
             return self.fsdp.forward(b, temperature, cfg.logprob_chunk_size)
-        hidden = self.hidden(b)
-        logp, ent = token_logprobs(hidden[b.rows, b.positions], self.head(), b.targets, temperature=temperature,
-                                   chunk_size=cfg.logprob_chunk_size, with_entropy=True)
-        return hidden, logp, ent
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+            hidden = self.hidden(b)
+            logp, ent = token_logprobs(hidden[b.rows, b.positions], self.head(), b.targets, temperature=temperature,
+                                       chunk_size=cfg.logprob_chunk_size, with_entropy=True)
+        return hidden, logp.float(), ent.float() if ent is not None else None
 
     # ------------------------------------------------------------------ optimisation
     def optimizer(self, lr: float | None = None) -> torch.optim.Optimizer:

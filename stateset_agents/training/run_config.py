@@ -161,6 +161,11 @@ class PolicyConfig(RunConfig):
     """Adapt only the last N decoder layers (None: all). Nothing below them needs a gradient, so the backward pass
     stops there: on SmolLM2 (30 layers) here, a LoRA forward and backward ran at 76 tokens/s with every layer,
     122 with the last 10, 184 with the last 6 (benchmarks/RESULTS.md, "SFT throughput")."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """``bf16``: the training forward and backward run under ``torch.autocast`` in bfloat16 (weights, gradients and
+    AdamW state stay fp32; log-probs and the loss in fp32). On this project's CPU (AMX) a LoRA forward and backward
+    ran 2.3x faster (benchmarks/RESULTS.md, "Training throughput"). The trainer's log-probs then differ from an fp32
+    sampler's by bf16 rounding: GRPO's ``mismatch/*`` metrics measure it and ``tis_cap`` corrects it."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
     fsdp: bool = False

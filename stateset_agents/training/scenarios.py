@@ -41,6 +41,7 @@ def run_scenarios(env_factory: Callable[[], Any], config: Any) -> tuple[Any, lis
     ``eval_split``/``eval_scenarios``); a run that evaluates needs eval scenarios."""
     pack, train = split_ids(env_factory, config.train_split)
     _, evals = split_ids(env_factory, config.eval_split)
+    evals = [s for s in evals if "~v" not in s]  # evaluation is on the hand-written scenarios, never variants
     scenarios = pick_scenarios(train, config.scenarios, "scenarios", config.train_split, pack.name)
     eval_scenarios = pick_scenarios(evals, config.eval_scenarios, "eval_scenarios", config.eval_split, pack.name)
     if not eval_scenarios and (config.eval_before or config.eval_after or config.eval_every):

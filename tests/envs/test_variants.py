@@ -138,3 +138,18 @@ def test_degenerate_policies_still_fail_on_variants():
     for policy, outcomes in asyncio.run(play()).items():
         assert not any(o["success"] for o in outcomes), policy
         assert sum(o["progress"] for o in outcomes) / len(outcomes) < PROGRESS_BOUND, policy
+
+
+def test_a_run_trains_on_variants_and_evaluates_on_hand_written_scenarios():
+    from stateset_agents.training import load_config
+    from stateset_agents.training.build import config_env_factory
+    from stateset_agents.training.scenarios import run_scenarios
+
+    cfg = load_config({"algorithm": "sft", "train_variants": 2, "scenarios": ["cs-order-status-003"],
+                       "eval_split": "train", "eval_scenarios": ["cs-order-total-008"]})
+    _, train, evals = run_scenarios(config_env_factory(cfg), cfg)
+    assert train == ["cs-order-status-003", "cs-order-status-003~v1", "cs-order-status-003~v2"]
+    assert evals == ["cs-order-total-008"]
+    whole = cfg.model_copy(update={"scenarios": None, "eval_scenarios": None})
+    _, train, evals = run_scenarios(config_env_factory(whole), whole)
+    assert len(train) == 3 * 32 and len(evals) == 32 and not any("~v" in e for e in evals)

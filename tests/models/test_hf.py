@@ -149,7 +149,8 @@ def _shared_prefix_prompts(n):
 async def test_prefix_cache_gives_the_tokens_and_logprobs_of_a_full_prefill(tiny_model_path):
     from stateset_agents.models.hf import HFChatModel
 
-    cached, plain = HFChatModel(tiny_model_path), HFChatModel(tiny_model_path, prefix_cache_tokens=0)
+    cached = HFChatModel(tiny_model_path, conversation_cache_tokens=0)  # the shared prefix alone
+    plain = HFChatModel(tiny_model_path, prefix_cache_tokens=0)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=16)
     prompts = _shared_prefix_prompts(8)
     try:
@@ -165,6 +166,34 @@ async def test_prefix_cache_gives_the_tokens_and_logprobs_of_a_full_prefill(tiny
         s = cached.engine.stats
         assert s.prefix_builds == 1 and s.prefix_hits >= 2 and s.prefix_tokens_reused >= 64 * 16
         assert plain.engine.stats.prefix_hits == 0
+    finally:
+        cached.close()
+        plain.close()
+
+
+async def test_conversation_cache_continues_a_finished_turn_exactly(tiny_model_path):
+    """Multi-turn: each next prompt extends the previous turn's prompt and completion; the engine reuses that turn's
+    keys and values and prefills only the new messages, with the tokens and log-probs of a full prefill."""
+    from stateset_agents.models.hf import HFChatModel
+
+    cached, plain = HFChatModel(tiny_model_path), HFChatModel(tiny_model_path, prefix_cache_tokens=0)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=12)
+    convs = [[Message(role="system", content="You help customers with their orders. " * 8),
+              Message(role="user", content=f"Where is order {i}?")] for i in range(4)]
+    try:
+        for turn in range(3):
+            got = await asyncio.gather(*[cached.chat(c, sampling=sampling.model_copy(update={"seed": 10 * turn + i}))
+                                         for i, c in enumerate(convs)])
+            want = await asyncio.gather(*[plain.chat(c, sampling=sampling.model_copy(update={"seed": 10 * turn + i}))
+                                          for i, c in enumerate(convs)])
+            for g, w in zip(got, want, strict=True):
+                assert g.prompt_ids == w.prompt_ids and g.completion_ids == w.completion_ids
+                assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=1e-4)
+            for c, g in zip(convs, got, strict=True):
+                c += [Message(role="assistant", content=g.text), Message(role="user", content="And then?")]
+        s = cached.engine.stats
+        assert s.conversation_hits >= 4 and s.conversation_tokens_reused > 4 * 64
+        assert plain.engine.stats.conversation_hits == 0
     finally:
         cached.close()
         plain.close()

@@ -25,7 +25,7 @@ from tests.training.test_trainer import TOY, TargetShare, make_trainer
 def test_bad_settings_fail_with_one_clear_line(tmp_path, tiny_model_path):
     f = tmp_path / "c.yaml"
     for text, expected in [
-        ("rollout_precision: int4\n", "field 'rollout_precision': Input should be 'fp32' or 'int8' (got 'int4')"),
+        ("rollout_precision: int4\n", "field 'rollout_precision': Input should be 'fp32', 'bf16' or 'int8' (got 'int4')"),
         ("tis_cap: 0.5\n", "field 'tis_cap': Input should be greater than or equal to 1 (got 0.5)"),
         ("mismatch_mask: 1\n", "field 'mismatch_mask': Input should be greater than 1 (got 1)"),
         ("rollout_precision: int8\ndevice: cuda\n", "rollout_precision 'int8' runs torch's CPU int8 kernel"),
