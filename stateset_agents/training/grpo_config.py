@@ -67,11 +67,6 @@ class GRPOConfig(PolicyConfig):
     """Reward of an episode the agent's own output ended (rollout.AGENT_FAILURES); group_min: its group's lowest, or 0."""
 
     # ------------------------------------------------------------ training-inference mismatch (grpo_mismatch.py)
-    rollout_precision: Literal["fp32", "bf16", "int8"] = "fp32"
-    """Weights the rollouts sample from: ``fp32``, the trained weights in their own dtype; ``bf16`` or ``int8``,
-    bfloat16 or int8 copies of every linear layer (the engine's fast path; local Llama-family models; int8 on CPU
-    only) while the update keeps the fp32 weights. bf16 on a CPU with AMX samples about 2x faster. The sampler (mu) then differs from the trained policy: ``mismatch/*`` measures it, ``tis_cap``
-    corrects it."""
     tis_cap: float | None = Field(default=2.0, ge=1)
     """Truncated importance sampling: each token's policy-gradient term is weighted by ``min(pi_old / mu, tis_cap)``
     (detached) and the PPO ratio is taken against pi_old (the trainer's own log-probs before the update);
@@ -98,9 +93,6 @@ class GRPOConfig(PolicyConfig):
             raise ValueError(f"fsdp supports beta: 0 and advantage_estimator: grpo only (got beta={self.beta}, "
                              f"advantage_estimator={self.advantage_estimator!r}); a sharded reference model and "
                              "value head are not implemented - set beta: 0 and advantage_estimator: grpo")
-        if self.rollout_precision == "int8" and (self.fsdp or self.device == "cuda"):
-            raise ValueError("rollout_precision 'int8' runs torch's CPU int8 kernel on a replicated policy; with "
-                             f"device={self.device!r}, fsdp={self.fsdp} use rollout_precision: fp32")
         return self
 
     @property

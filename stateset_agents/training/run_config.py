@@ -161,6 +161,12 @@ class PolicyConfig(RunConfig):
     """Adapt only the last N decoder layers (None: all). Nothing below them needs a gradient, so the backward pass
     stops there: on SmolLM2 (30 layers) here, a LoRA forward and backward ran at 76 tokens/s with every layer,
     122 with the last 10, 184 with the last 6 (benchmarks/RESULTS.md, "SFT throughput")."""
+    rollout_precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    """Weights the rollouts sample from: ``fp32``, the trained weights in their own dtype; ``bf16`` or ``int8``,
+    bfloat16 or int8 copies of every linear layer (the engine's fast path; local Llama-family models; int8 on CPU
+    only) while the update keeps the fp32 weights. bf16 on a CPU with AMX samples about 2x faster. Evaluation samples with the same weights. GRPO
+    measures the mismatch with the trained weights (``mismatch/*``) and corrects it (``tis_cap``). The sampler (mu) then differs from the trained policy: ``mismatch/*`` measures it, ``tis_cap``
+    corrects it."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """``bf16``: the training forward and backward run under ``torch.autocast`` in bfloat16 (weights, gradients and
     AdamW state stay fp32; log-probs and the loss in fp32). On this project's CPU (AMX) a LoRA forward and backward
@@ -178,6 +184,9 @@ class PolicyConfig(RunConfig):
     def _policy_checks(self) -> PolicyConfig:
         if self.use_lora and not self.lora_target_modules:
             raise ValueError("use_lora is on but lora_target_modules is empty; name the modules to adapt")
+        if self.rollout_precision == "int8" and (self.fsdp or self.device == "cuda"):
+            raise ValueError("rollout_precision 'int8' runs torch's CPU int8 kernel on a replicated policy; with "
+                             f"device={self.device!r}, fsdp={self.fsdp} use rollout_precision: fp32")
         if self.fsdp and self.use_lora:
             raise ValueError("fsdp shards a full fine-tune; LoRA adapters are small enough to replicate: "
                              "set use_lora: false, or fsdp: false")

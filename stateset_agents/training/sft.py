@@ -36,6 +36,7 @@ from .batch import Sample, pack_turns, samples_from_trajectories
 from .checkpoint import write_json_atomic
 from .dist import DistContext
 from .evaluate import evaluate_run
+from .grpo_mismatch import set_rollout_precision
 from .loop import RunLoop, Writer, step_seed
 from .policy import Policy, lr_lambda
 from .rollout_log import TRAIN_TRANSCRIPTS, log_train_episodes
@@ -70,6 +71,7 @@ class SFTTrainer:
         torch.manual_seed(config.seed)
         self.policy = policy or Policy(agent.model, config, dist=self.dist)
         self.agent.sampling = self.policy.sampling
+        set_rollout_precision(getattr(agent, "model", None), config)  # evaluation and RFT rollouts sample with it
         self.run_dir = Path(config.output_dir)
         self.step = 0
         self.pack, self.scenarios, self.eval_scenarios = run_scenarios(env_factory, config)
