@@ -39,9 +39,10 @@ lock:
 		--find-links $(FIND_LINKS) $(UV_TARGET) -o $(LOCK)
 	$(VENV)/bin/uv pip compile $(MODELS_IN) --no-deps --generate-hashes $(UV_TARGET) -o $(MODELS_LOCK)
 
-# The training demo: GRPO + LoRA on SmolLM2, before/after evaluation on held-out scenarios (docs/training.md).
+# The training demo: the recipe on SmolLM2 + LoRA (SFT, then GRPO from the SFT weights) and one paired table on the
+# held-out customer_service test split: untrained, after SFT, after SFT + GRPO (docs/training.md, "The recipe").
 demo: $(STAMP)
-	$(PY) -m stateset_agents train examples/customer_service.yaml
+	$(PY) -m stateset_agents recipe examples/recipe_customer_service.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

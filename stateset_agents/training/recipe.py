@@ -194,7 +194,7 @@ def run_recipe(path: str | Path, console: Any = None) -> dict[str, Any]:
             del trainer
             gc.collect()
     table, numbers = recipe_table(stages)
-    console.print(table)
+    console.print(table, width=max(console.width, 120))
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     numbers["stages"] = {name: str(c.output_dir) for name, c in stages}
