@@ -174,11 +174,15 @@ def _changed(before: list[EvalReport], after: list[EvalReport]) -> str:
 
 
 def _transcript_files(run_dir: Path) -> list[tuple[str, Path]]:
-    files = sorted(run_dir.glob("eval_*.transcripts.jsonl")) + sorted(run_dir.glob("eval/*.transcripts.jsonl"))
-    out = []
-    for f in files:
+    """Each evaluation's transcripts once: a GRPO run's ``eval_<tag>`` file is its first seed's report, also written
+    as ``eval/<tag>-seed<S>``, so per-seed files of a tag with a top-level file are skipped."""
+    top = sorted(run_dir.glob("eval_*.transcripts.jsonl"))
+    tags = {f.name.removesuffix(".transcripts.jsonl").removeprefix("eval_") for f in top}
+    out = [(f.name.removesuffix(".transcripts.jsonl").removeprefix("eval_"), f) for f in top]
+    for f in sorted(run_dir.glob("eval/*.transcripts.jsonl")):
         tag = f.name.removesuffix(".transcripts.jsonl")
-        out.append((tag.removeprefix("eval_"), f))
+        if tag.rsplit("-seed", 1)[0] not in tags:
+            out.append((tag, f))
     return out
 
 
