@@ -167,7 +167,8 @@ def main() -> int:
         if not (base / "sft" / "eval_after.json").is_file():
             trainer = build_trainer(sft_cfg)
             trainer.train()
-            trainer.dist.close() if getattr(trainer, "dist", None) is not None else None
+            if getattr(trainer, "dist", None) is not None:
+                trainer.dist.close()
             del trainer
             gc.collect()
         before = _report(base / "sft", "before", sft.eval_seeds)

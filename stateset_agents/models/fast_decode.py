@@ -172,33 +172,10 @@ class DecodeWeights:
         y = (x32 * torch.rsqrt(var + self.eps)).to(x.dtype)
         return w * y if self.precision == "native" else w.float() * y.float()
 
-    @torch.inference_mode()
     def step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: Any,
              mask: torch.Tensor) -> torch.Tensor:
-        b = input_ids.shape[0]
-        h = self.embed(input_ids)  # (b, 1, hidden)
-        if self.precision == "int8":
-            h = h.float()
-        cos, sin = self.rotary(h, position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (b, 1, 1, d)
-        attn_mask = mask.bool()[:, None, None, :]
-        for i, layer in enumerate(self.layers):
-            x = self._norm(h, layer.ln1)
-            qkv = layer.qkv(x.view(b, -1))
-            q = qkv[:, :self.q_size].view(b, self.n_heads, 1, self.head_dim)
-            k = qkv[:, self.q_size:self.q_size + self.kv_size].view(b, self.n_kv, 1, self.head_dim)
-            v = qkv[:, self.q_size + self.kv_size:].view(b, self.n_kv, 1, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            keys, values = cache.layers[i].update(k, v)
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask,
-                                               enable_gqa=self.n_heads != self.n_kv)
-            h = h + layer.o(a.reshape(b, -1)).view(b, 1, -1)
-            x = self._norm(h, layer.ln2).view(b, -1)
-            gu = layer.gate_up(x)
-            h = h + layer.down(F.silu(gu[:, :self.inter]) * gu[:, self.inter:]).view(b, 1, -1)
-        return self.lm_head(self._norm(h, self.norm).view(b, -1))
-
+        """One decode step: :meth:`prefill` of one new token per row."""
+        return self.prefill(input_ids, position_ids, cache, mask)
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, position_ids: torch.Tensor, cache: Any,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..atomic import write_text_atomic
 from ..errors import ConfigError
@@ -64,8 +64,8 @@ def load_recipe(path: str | Path) -> tuple[RecipeConfig, list[Any]]:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     try:
         recipe = RecipeConfig.model_validate(data)
-    except Exception as e:  # pydantic's ValidationError
-        raise ConfigError(format_validation_error(e, str(path)) if hasattr(e, "errors") else str(e)) from e
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from e
     configs, names = [], []
     for i, raw in enumerate(recipe.stages):
         stage = {**recipe.common, **raw}
@@ -149,8 +149,7 @@ def _plot(stages: list[tuple[str, Any]], numbers: dict[str, Any], out: Path) -> 
     a.legend()
     for name, config in stages:
         rows = read_metrics(config.output_dir) if (Path(config.output_dir) / "metrics.jsonl").is_file() else []
-        keys = sorted({k for r in rows for k in r if k.startswith("components/")} | {"reward"} & {k for r in rows
-                                                                                              for k in r})
+        keys = sorted({k for r in rows for k in r if k == "reward" or k.startswith("components/")})
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
             if pts:

@@ -159,18 +159,18 @@ class PolicyConfig(RunConfig):
     """Module names that get adapters."""
     lora_layers: int | None = Field(default=None, ge=1)
     """Adapt only the last N decoder layers (None: all). Nothing below them needs a gradient, so the backward pass
-    stops there: on SmolLM2 (30 layers) here, a LoRA forward and backward ran at 76 tokens/s with every layer,
-    122 with the last 10, 184 with the last 6 (benchmarks/RESULTS.md, "SFT throughput")."""
+    stops there: on SmolLM2 (30 layers), a LoRA forward and backward in fp32 ran at 272 tokens/s with every layer,
+    437 with the last 12, 493 with the last 8 (benchmarks/train_throughput.py; RESULTS.md, "Training throughput")."""
     rollout_precision: Literal["fp32", "bf16", "int8"] = "fp32"
     """Weights the rollouts sample from: ``fp32``, the trained weights in their own dtype; ``bf16`` or ``int8``,
     bfloat16 or int8 copies of every linear layer (the engine's fast path; local Llama-family models; int8 on CPU
-    only) while the update keeps the fp32 weights. bf16 on a CPU with AMX samples about 2x faster. Evaluation samples with the same weights. GRPO
+    only) while the update keeps the fp32 weights. Evaluation samples with the same weights (its speed is not benchmarked yet). GRPO
     measures the mismatch with the trained weights (``mismatch/*``) and corrects it (``tis_cap``). The sampler (mu) then differs from the trained policy: ``mismatch/*`` measures it, ``tis_cap``
     corrects it."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """``bf16``: the training forward and backward run under ``torch.autocast`` in bfloat16 (weights, gradients and
     AdamW state stay fp32; log-probs and the loss in fp32). On this project's CPU (AMX) a LoRA forward and backward
-    ran 2.3x faster (benchmarks/RESULTS.md, "Training throughput"). The trainer's log-probs then differ from an fp32
+    ran 1.8-2.3x faster (benchmarks/RESULTS.md, "Training throughput"; needs AMX or AVX512-BF16). The trainer's log-probs then differ from an fp32
     sampler's by bf16 rounding: GRPO's ``mismatch/*`` metrics measure it and ``tis_cap`` corrects it."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""

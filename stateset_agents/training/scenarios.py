@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Callable
 from typing import Any
 
+from ..envs.variants import SEP
 from ..errors import ConfigError
 
 __all__ = ["pick_scenarios", "run_scenarios", "split_ids"]
@@ -25,8 +26,8 @@ def pick_scenarios(pool: list[str], wanted: list[str] | None, field: str, split:
     ids in the split, and the split's ids. Variants (``BASE~vN``) are not listed by id: a wanted base brings its own."""
     if wanted is None:
         return list(pool)
-    base = [s for s in pool if "~v" not in s]
-    variants = [s for s in pool if "~v" in s and s.split("~v")[0] in wanted]
+    base = [s for s in pool if SEP not in s]
+    variants = [s for s in pool if SEP in s and s.split(SEP)[0] in wanted]
     unknown = [s for s in wanted if s not in pool or s not in base]
     if unknown:
         near = {u: difflib.get_close_matches(u, base, n=1) for u in unknown}
@@ -41,7 +42,7 @@ def run_scenarios(env_factory: Callable[[], Any], config: Any) -> tuple[Any, lis
     ``eval_split``/``eval_scenarios``); a run that evaluates needs eval scenarios."""
     pack, train = split_ids(env_factory, config.train_split)
     _, evals = split_ids(env_factory, config.eval_split)
-    evals = [s for s in evals if "~v" not in s]  # evaluation is on the hand-written scenarios, never variants
+    evals = [s for s in evals if SEP not in s]  # evaluation is on the hand-written scenarios, never variants
     scenarios = pick_scenarios(train, config.scenarios, "scenarios", config.train_split, pack.name)
     eval_scenarios = pick_scenarios(evals, config.eval_scenarios, "eval_scenarios", config.eval_split, pack.name)
     if not eval_scenarios and (config.eval_before or config.eval_after or config.eval_every):
