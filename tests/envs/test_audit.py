@@ -11,10 +11,11 @@ from stateset_agents.envs.audit_policies import CANNED_REFUSAL, POLICIES
 PACKS = ["customer_service", "tech_support", "sales"]
 
 # Mean progress over every scenario x seeds 0, 1, 2. Every other policy earns exactly 0 on every pack.
-RANDOM_TOOLS_PROGRESS = {"customer_service": 0.014252, "tech_support": 0.005168, "sales": 0.0}
+RANDOM_TOOLS_PROGRESS = {"customer_service": 0.014668, "tech_support": 0.005168, "sales": 0.0}
 RANDOM_TOOLS_EARNS_ON = {
     "customer_service": ["cs-account-security-hold-035", "cs-billing-credit-escalate-045", "cs-cancel-delivered-028",
-                         "cs-cancel-refund-escalate-027", "cs-damaged-compensation-041", "cs-refund-over-limit-019",
+                         "cs-cancel-refund-escalate-027", "cs-cancel-refund-supervisor-051",
+                         "cs-damaged-compensation-041", "cs-refund-over-limit-019", "cs-refund-returned-escalate-048",
                          "cs-ship-lost-escalate-013"],
     "tech_support": ["ts-outage-credit-ticket-008"],
     "sales": [],

@@ -99,8 +99,9 @@ def test_a_users_pack_declares_its_own_variants(tmp_path):
         head["variants"] = {"count": 5, "ids": [{"prefix": "ORD-", "digits": 4}]}
     pack = load_pack(_pack_copy(tmp_path, edit))
     assert variant_counts(pack) == (5, 5 * len(pack.split("train")))
-    [v] = expand_scenario(pack, pack.scenario("cs-order-status-003"), 1)
-    assert v.user.name == pack.scenario("cs-order-status-003").user.name  # no people declared: names stay
+    # a scenario whose `vary` names no pool (this declaration has none) but holds an ORD- id
+    [v] = expand_scenario(pack, pack.scenario("cs-return-partial-021"), 1)
+    assert v.user.name == pack.scenario("cs-return-partial-021").user.name  # no people declared: names stay
 
 
 def test_bad_variant_declarations_fail_in_one_line(tmp_path):
@@ -152,4 +153,4 @@ def test_a_run_trains_on_variants_and_evaluates_on_hand_written_scenarios():
     assert evals == ["cs-order-total-008"]
     whole = cfg.model_copy(update={"scenarios": None, "eval_scenarios": None})
     _, train, evals = run_scenarios(config_env_factory(whole), whole)
-    assert len(train) == 3 * 32 and len(evals) == 32 and not any("~v" in e for e in evals)
+    assert len(train) == 3 * 39 and len(evals) == 39 and not any("~v" in e for e in evals)
