@@ -16,7 +16,7 @@ import torch
 
 from ..types import Trajectory
 
-__all__ = ["Sample", "collate", "pack_turns", "samples_from_trajectories"]
+__all__ = ["Sample", "collate", "pack_turns", "samples_from_trajectories", "unpack_prox"]
 
 
 @dataclass
@@ -56,31 +56,77 @@ class Sample:
         return sum(b - a for a, b in self.loss_spans())
 
 
-def pack_turns(samples: Sequence[Sample]) -> list[Sample]:
+def _joinable(last: Sample, s: Sample) -> bool:
+    """``s`` continues ``last``: the same trajectory, and its prompt starts with all of ``last``'s tokens."""
+    return (last.traj_index == s.traj_index and len(s.input_ids) > len(last.input_ids)
+            and s.input_ids[:len(last.input_ids)] == last.input_ids and s.completion_start >= len(last.input_ids))
+
+
+def _same_policy_data(last: Sample, s: Sample) -> bool:
+    """Both turns carry per-token data of the same kinds and one advantage, weight and temperature (GRPO's
+    per-trajectory quantities), and no per-turn value estimate (GAE)."""
+    kinds = all((getattr(last, f) is None) == (getattr(s, f) is None)
+                for f in ("old_logprobs", "ref_logprobs", "prox_logprobs"))
+    return (kinds and last.advantage == s.advantage and last.weight == s.weight and last.temperature == s.temperature
+            and last.value is None and s.value is None)
+
+
+def pack_turns(samples: Sequence[Sample], *, per_token: bool = False) -> list[Sample]:
     """Merge each trajectory's consecutive agent turns into one sequence wherever a turn's tokens (prompt and
     completion) are a prefix of the next turn's prompt: the conversation once, with every agent turn under the loss.
 
     Causal attention gives every token the same context either way, so the loss and its gradient are those of the
     separate turns (up to rounding), for a fraction of the tokens. A turn whose prompt does not extend the previous
-    one (the context budget condensed older turns, or the template re-renders history) starts a new sequence. Only
-    for samples without per-token policy data (demonstrations: SFT).
+    one (the context budget condensed older turns, the template re-renders history, or a sampled completion
+    re-tokenises differently) starts a new sequence.
+
+    Without ``per_token`` the samples must be demonstrations (no log-probs: SFT). With it (GRPO), the turns' rollout,
+    reference and pi_old log-probs are concatenated in token order; turns merge only when they share one advantage,
+    weight and temperature and carry no per-turn value (GAE's advantages differ per turn: not packed). Each packed
+    sample lists its turns in ``extra["parts"]`` (see :func:`unpack_prox`).
     """
     out: list[Sample] = []
     for s in samples:
-        if s.old_logprobs is not None or s.ref_logprobs is not None:
-            raise ValueError("pack_turns is for demonstrations (no log-probs); GRPO trains on turns one by one")
+        has_policy_data = s.old_logprobs is not None or s.ref_logprobs is not None
+        if has_policy_data and not per_token:
+            raise ValueError("pack_turns is for demonstrations (no log-probs); pass per_token=True for rollouts")
         last = out[-1] if out else None
-        if (last is not None and last.traj_index == s.traj_index and len(s.input_ids) > len(last.input_ids)
-                and s.input_ids[:len(last.input_ids)] == last.input_ids
-                and s.completion_start >= len(last.input_ids)):
+        if last is not None and _joinable(last, s) and (not per_token or _same_policy_data(last, s)):
             last.spans = [*last.loss_spans(), (s.completion_start, len(s.input_ids))]
             last.input_ids = list(s.input_ids)
             last.truncated = last.truncated or s.truncated
+            for f in ("old_logprobs", "ref_logprobs", "prox_logprobs"):
+                if getattr(last, f) is not None:
+                    setattr(last, f, [*getattr(last, f), *getattr(s, f)])
+            if per_token:
+                last.extra["parts"].append(s)
             continue
-        out.append(Sample(input_ids=list(s.input_ids), completion_start=s.completion_start, old_logprobs=None,
-                          traj_index=s.traj_index, turn_index=s.turn_index, truncated=s.truncated,
-                          temperature=s.temperature, weight=s.weight, advantage=s.advantage, spans=s.spans))
+        merged = Sample(input_ids=list(s.input_ids), completion_start=s.completion_start,
+                        old_logprobs=_copy(s.old_logprobs), traj_index=s.traj_index, turn_index=s.turn_index,
+                        truncated=s.truncated, temperature=s.temperature, weight=s.weight, advantage=s.advantage,
+                        ref_logprobs=_copy(s.ref_logprobs), prox_logprobs=_copy(s.prox_logprobs), value=s.value,
+                        ret=s.ret, extra=dict(s.extra), spans=list(s.spans) if s.spans is not None else None)
+        if per_token:
+            merged.extra["parts"] = [s]
+        out.append(merged)
     return out
+
+
+def _copy(xs: list[float] | None) -> list[float] | None:
+    return list(xs) if xs is not None else None
+
+
+def unpack_prox(packed: Sequence[Sample]) -> None:
+    """Hand each packed sample's pi_old log-probs (``prox_logprobs``, computed on the packed sequence) back to the
+    turns it was made of (``extra["parts"]``), so per-turn statistics read them as if nothing had been packed."""
+    for p in packed:
+        parts = p.extra.get("parts")
+        if not parts or p.prox_logprobs is None:
+            continue
+        k = 0
+        for s in parts:
+            s.prox_logprobs = p.prox_logprobs[k:k + s.num_completion]
+            k += s.num_completion
 
 
 def samples_from_trajectories(trajectories: Sequence[Trajectory], indices: Sequence[int] | None = None,

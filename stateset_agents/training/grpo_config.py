@@ -63,6 +63,11 @@ class GRPOConfig(PolicyConfig):
     """A group's rewards count as all equal when max - min <= this x max(1, the group's largest |reward|)."""
     advantage_std_floor: float = Field(default=0.1, ge=0)
     """Group (batch) std floor, x max(1, largest |reward|): tiny shaping differences get tiny advantages, not +-1."""
+    pack_turns: bool = True
+    """Train each trajectory's agent turns as one sequence wherever a turn's prompt extends the previous turn
+    (training/batch.pack_turns): the same loss and gradient as turn by turn, for a fraction of the tokens. Used with
+    advantage_estimator grpo and token-level importance sampling (GAE's per-turn advantages and GSPO's per-turn
+    sequence ratio are kept turn by turn). ``micro_batch_size`` then counts sequences, not turns."""
     failure_reward: float | Literal["group_min"] = "group_min"
     """Reward of an episode the agent's own output ended (rollout.AGENT_FAILURES); group_min: its group's lowest, or 0."""
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..types import Trajectory
-from .batch import Sample, collate
+from .batch import Sample, collate, pack_turns, unpack_prox
 from .grpo_mismatch import MismatchCorrection
 from .loop import step_seed
 from .losses import importance_ratio, k3_kl, loss_weights, token_logprobs
@@ -136,12 +136,13 @@ class GRPOUpdate(MismatchCorrection):
         if cfg.mismatch_mask is not None:  # the mask decides before the loss is normalised over what is left
             self._forward_prox(samples)
             samples, dropped = self._mask_turns(samples)
+        samples = self._pack(samples)
         plan, passes, totals = self._plan_updates(samples)
         if not plan:  # nothing under the loss anywhere (e.g. every group had equal rewards): no update
             self.model.eval()
             if self.fsdp is not None:
                 self.fsdp.gather()
-            return {**dict.fromkeys(EMPTY_UPDATE), "loss_tokens": 0, "optimizer_updates": 0,
+            return {**dict.fromkeys(EMPTY_UPDATE), "loss_tokens": 0, "optimizer_updates": 0, "train_sequences": 0,
                     **self._mismatch_metrics(scored, dropped), "_time": time.perf_counter() - t0}
         if len(plan) > 1 and cfg.mismatch_mask is None:  # later updates of a pass see changed weights
             self._forward_prox(samples)
@@ -169,8 +170,17 @@ class GRPOUpdate(MismatchCorrection):
         self.model.eval()
         self.optimizer.zero_grad(set_to_none=True)  # free the gradients before the next rollout
         self.policy.after_update()  # the engine's cached prefixes used the old weights; FSDP: whole weights again
+        unpack_prox(samples)  # the mismatch statistics are per turn
         return {**self._update_metrics(sums, ends, grad_norms, updates), **self._mismatch_metrics(scored, dropped),
-                "_time": time.perf_counter() - t0}
+                "train_sequences": len(samples), "_time": time.perf_counter() - t0}
+
+    def _pack(self, samples: list[Sample]) -> list[Sample]:
+        """``pack_turns``: each trajectory's turns as one sequence where GRPO's loss is the same either way (one
+        advantage per trajectory, token-level ratios); the turns themselves otherwise."""
+        cfg = self.config
+        if not cfg.pack_turns or self.estimator.per_turn or cfg.importance_sampling_level != "token":
+            return samples
+        return pack_turns(sorted(samples, key=lambda s: (s.traj_index, s.turn_index)), per_token=True)
 
     def _micro_step(self, mb: list[Sample], n_samples: int, updates: int, sums: dict[str, float],
                     ends: dict[str, float]) -> None:

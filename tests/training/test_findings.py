@@ -235,9 +235,10 @@ def test_one_update_of_micro_batches_equals_one_update_on_the_whole_batch(tiny_m
 
 def test_groups_are_shuffled_across_updates(tiny_model_path, tmp_path):
     """Updates take whole groups in a seeded random order, not prompt-sorted slices: over a few steps the order
-    of groups differs from step to step, and each update holds one group here (16 turns = 2 updates of 8)."""
+    of groups differs from step to step, and each update holds one group here (16 turns = 2 updates of 8; turns
+    unpacked, so that the count is exact)."""
     trainer = make_trainer(tiny_model_path, tmp_path, CharCount(), max_steps=4, gradient_accumulation_steps=1,
-                           micro_batch_size=8, scenarios_per_step=4)
+                           micro_batch_size=8, scenarios_per_step=4, pack_turns=False)
     orders = []
     for _ in range(4):
         updates = _spy_updates(trainer)
