@@ -45,7 +45,7 @@ def _extend_prompts(trajectories):
     the next turn's prompt re-renders them, so nothing would pack; make each later prompt start with the turn
     before it, as SmolLM2's canonical completions do."""
     for t in trajectories:
-        for prev, cur in zip(t.completions, t.completions[1:]):
+        for prev, cur in zip(t.completions, t.completions[1:], strict=False):
             a, b = list(prev.prompt_ids) + list(prev.completion_ids), list(cur.prompt_ids)
             i = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
             cur.prompt_ids = a + b[i:]
