@@ -48,6 +48,7 @@ __all__ = [
     "SemanticLearner",
     "consolidate_by_embedding",
     "extract_json",
+    "group_schema",
     "render_transcript",
     "resolve_conflicts",
 ]
@@ -104,6 +105,33 @@ class ConsolidatedOp(ProposedOp):
 
 class BatchAnswer(_Answer):
     operations: list[ConsolidatedOp] = Field(max_length=32)
+
+
+def group_schema(known_ids: Sequence[str], *, max_ops: int | None, word_limit: int) -> dict[str, Any]:
+    """The decoding constraint of one comparison: :class:`GroupAnswer` narrowed to what :func:`check_ops` accepts
+    for this library (an empty library: ADD only; MODIFY, DELETE and KEEP name one of ``known_ids``), at most
+    ``max_ops`` operations, texts of at most ``word_limit`` words, and strings short enough (~6 characters a word)
+    that a small learner's token budget closes the document. Anything it allows still goes through the same
+    validation."""
+    # at most word_limit words (single spaces between them), and a length bound the budget can afford
+    text = {"type": "string", "minLength": 1, "maxLength": 6 * word_limit,
+            "pattern": rf"^[^\s]+( [^\s]+){{0,{max(word_limit - 1, 0)}}}$"}
+    reason = {"type": "string", "maxLength": 120}
+
+    def op(name: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "properties": {"op": {"const": name}, **fields, "reason": reason},
+                "required": ["op", *fields], "additionalProperties": False}
+
+    variants = [op("ADD", {"text": text})]
+    if known_ids:
+        ident = {"enum": list(known_ids)}
+        variants += [op("MODIFY", {"id": ident, "text": text}), op("DELETE", {"id": ident}), op("KEEP", {"id": ident})]
+    ops: dict[str, Any] = {"type": "array", "items": {"anyOf": variants}}
+    if max_ops is not None:
+        ops["maxItems"] = max_ops
+    return {"type": "object", "properties": {"advantage": {"type": "string", "minLength": 1, "maxLength": 200},
+                                             "operations": ops},
+            "required": ["advantage", "operations"], "additionalProperties": False}
 
 
 def extract_json(text: str) -> Any:
@@ -228,13 +256,15 @@ class SemanticLearner:
         return self._sems[key]
 
     async def ask(self, stage: str, prompt: str, parse: Callable[[str], T], *, seed: int | None = None,
-                  answer: type[BaseModel] | None = None) -> T:
-        """One exchange with validation and retries (models/structured.ask_json); ``answer``'s JSON schema is the
-        decoding constraint when ``constrained``. Raises LearnerFailed with every error."""
+                  answer: type[BaseModel] | None = None, schema: dict[str, Any] | None = None) -> T:
+        """One exchange with validation and retries (models/structured.ask_json); ``schema`` (default: ``answer``'s
+        JSON schema) is the decoding constraint when ``constrained``. Raises LearnerFailed with every error."""
         messages = [Message(role="system", content=SYSTEM), Message(role="user", content=prompt)]
         stats = AskStats()
         sampling = self.sampling.model_copy(update={"seed": seed})
-        schema = answer.model_json_schema() if answer is not None and self.constrained else None
+        if schema is None and answer is not None:
+            schema = answer.model_json_schema()
+        schema = schema if self.constrained else None
         try:
             return await ask_json(_Limited(self.model, self._sem()), messages, parse, sampling=sampling,
                                   schema=schema, retries=self.retries, what=f"learner: {stage}", stats=stats,
@@ -269,7 +299,8 @@ class SemanticLearner:
             known = [e.id for e in view]
             answer = await self.ask(f"comparison of {group.scenario_id}",
                                     self._group_prompt(scored, bodies, view, task, domain),
-                                    lambda text: self._parse_group(text, known), seed=seed, answer=GroupAnswer)
+                                    lambda text: self._parse_group(text, known), seed=seed, answer=GroupAnswer,
+                                    schema=group_schema(known, max_ops=self.max_ops, word_limit=self.word_limit))
         except LearnerFailed as e:
             prop.error, prop.attempts = str(e), self.stats["calls"] - calls0
             return prop

@@ -388,3 +388,25 @@ async def test_a_small_local_learner_answers_in_valid_json_only_when_constrained
     free = SemanticLearner(tiny_model, sampling=sampling, retries=0, constrained=False)
     with pytest.raises(LearnerFailed):
         await free.ask("summary", "Summarise the conversation.", free._parse_summary, seed=3, answer=SummaryAnswer)
+
+
+async def test_the_comparison_schema_admits_only_operations_the_library_accepts(tiny_model):
+    """The comparison's constraint is narrowed to this library (empty: ADD only; else ids from the library) and to
+    strings that fit a small budget, so the tiny model's answers are valid in meaning too, not only in shape."""
+    from stateset_agents import SamplingParams
+    from stateset_agents.training.semantic_advantage import GroupAnswer, SemanticLearner, group_schema
+
+    learner = SemanticLearner(tiny_model, sampling=SamplingParams(temperature=1.0, max_new_tokens=400),
+                              retries=0, max_ops=2, word_limit=24)
+    for known in ([], ["E1", "E4"]):
+        schema = group_schema(known, max_ops=2, word_limit=24)
+        ops_allowed = {v["properties"]["op"]["const"] for v in schema["properties"]["operations"]["items"]["anyOf"]}
+        assert ops_allowed == ({"ADD"} if not known else {"ADD", "MODIFY", "DELETE", "KEEP"})
+        for seed in range(3):
+            group = await learner.ask("comparison", "Compare the attempts.",
+                                      lambda t, known=known: learner._parse_group(t, known), seed=seed,
+                                      answer=GroupAnswer, schema=schema)
+            assert isinstance(group, GroupAnswer) and len(group.operations) <= 2
+            assert all(o.op == "ADD" for o in group.operations) or known
+            assert all(o.id in known for o in group.operations if o.op != "ADD")
+            assert all(len(o.text.split()) <= 24 for o in group.operations if o.text)
