@@ -113,9 +113,10 @@ def group_schema(known_ids: Sequence[str], *, max_ops: int | None, word_limit: i
     ``max_ops`` operations, texts of at most ``word_limit`` words, and strings short enough (~6 characters a word)
     that a small learner's token budget closes the document. Anything it allows still goes through the same
     validation."""
-    # at most word_limit words (single spaces between them), and a length bound the budget can afford
+    # a sentence: 3 to word_limit words (single spaces), the first starting with a letter (not "..." or "A1"), in a
+    # length the budget can afford
     text = {"type": "string", "minLength": 1, "maxLength": 6 * word_limit,
-            "pattern": rf"^[^\s]+( [^\s]+){{0,{max(word_limit - 1, 0)}}}$"}
+            "pattern": rf"^[A-Za-z][^\s]*( [^\s]+){{{min(2, word_limit - 1)},{max(word_limit - 1, 0)}}}$"}
     reason = {"type": "string", "maxLength": 120}
 
     def op(name: str, fields: dict[str, Any]) -> dict[str, Any]:
