@@ -110,13 +110,14 @@ class BatchAnswer(_Answer):
 def group_schema(known_ids: Sequence[str], *, max_ops: int | None, word_limit: int) -> dict[str, Any]:
     """The decoding constraint of one comparison: :class:`GroupAnswer` narrowed to what :func:`check_ops` accepts
     for this library (an empty library: ADD only; MODIFY, DELETE and KEEP name one of ``known_ids``), at most
-    ``max_ops`` operations, texts of at most ``word_limit`` words, and strings short enough (~6 characters a word)
-    that a small learner's token budget closes the document. Anything it allows still goes through the same
+    ``max_ops`` operations, texts of 3 to ``word_limit`` words, and strings short enough (words of at most 10
+    characters) that a small learner's token budget closes the document. Anything it allows still goes through the same
     validation."""
-    # a sentence: 3 to word_limit words (single spaces), the first starting with a letter (not "..." or "A1"), in a
-    # length the budget can afford
-    text = {"type": "string", "minLength": 1, "maxLength": 6 * word_limit,
-            "pattern": rf"^[A-Za-z][^\s]*( [^\s]+){{{min(2, word_limit - 1)},{max(word_limit - 1, 0)}}}$"}
+    # a sentence: 3 to word_limit words of at most 10 characters (single spaces), the first starting with a letter
+    # (not "..." or "A1"): a length the budget can afford. (A pattern and maxLength together are more than
+    # llguidance can check for emptiness, so the pattern bounds the length itself.)
+    text = {"type": "string",
+            "pattern": rf"^[A-Za-z][^\s]{{0,9}}( [^\s]{{1,10}}){{{min(2, word_limit - 1)},{max(word_limit - 1, 0)}}}$"}
     reason = {"type": "string", "maxLength": 120}
 
     def op(name: str, fields: dict[str, Any]) -> dict[str, Any]:

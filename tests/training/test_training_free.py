@@ -409,4 +409,4 @@ async def test_the_comparison_schema_admits_only_operations_the_library_accepts(
             assert isinstance(group, GroupAnswer) and len(group.operations) <= 2
             assert all(o.op == "ADD" for o in group.operations) or known
             assert all(o.id in known for o in group.operations if o.op != "ADD")
-            assert all(len(o.text.split()) <= 24 for o in group.operations if o.text)
+            assert all(3 <= len(o.text.split()) <= 24 and o.text[0].isalpha() for o in group.operations if o.text)
