@@ -164,14 +164,14 @@ class PolicyConfig(RunConfig):
     rollout_precision: Literal["fp32", "bf16", "int8"] = "fp32"
     """Weights the rollouts sample from: ``fp32``, the trained weights in their own dtype; ``bf16`` or ``int8``,
     bfloat16 or int8 copies of every linear layer (the engine's fast path; local Llama-family models; int8 on CPU
-    only) while the update keeps the fp32 weights. Evaluation samples with the same weights (its speed is not benchmarked yet). GRPO
-    measures the mismatch with the trained weights (``mismatch/*``) and corrects it (``tis_cap``). The sampler (mu) then differs from the trained policy: ``mismatch/*`` measures it, ``tis_cap``
-    corrects it."""
+    only) while the update keeps the fp32 weights. Evaluation samples with the same weights (its speed is not
+    benchmarked yet). The sampler (mu) then differs from the trained policy: GRPO measures the mismatch
+    (``mismatch/*``) and corrects it (``tis_cap``)."""
     mixed_precision: Literal["no", "bf16"] = "no"
     """``bf16``: the training forward and backward run under ``torch.autocast`` in bfloat16 (weights, gradients and
     AdamW state stay fp32; log-probs and the loss in fp32). On this project's CPU (AMX) a LoRA forward and backward
-    ran 1.8-2.3x faster (benchmarks/RESULTS.md, "Training throughput"; needs AMX or AVX512-BF16). The trainer's log-probs then differ from an fp32
-    sampler's by bf16 rounding: GRPO's ``mismatch/*`` metrics measure it and ``tis_cap`` corrects it."""
+    ran 1.8-2.3x faster (benchmarks/RESULTS.md, "Training throughput"; needs AMX or AVX512-BF16). The trainer's
+    log-probs then differ from an fp32 sampler's by bf16 rounding: GRPO's ``mismatch/*`` metrics measure it and ``tis_cap`` corrects it."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
     fsdp: bool = False
