@@ -20,7 +20,8 @@ LAYERS = {
     "envs": 2,
     "agents": 3, "resolve": 3,
     "rollout": 4, "rewards": 4,
-    "evaluation": 5, "paired": 5, "transcripts": 5, "transcripts_show": 5,
+    "evaluation": 5, "evaluation_report": 5, "evaluation_compare": 5, "paired": 5, "transcripts": 5,
+    "transcripts_show": 5,
     "training": 6,
     "chat": 7, "demo": 7,
     "serving": 8, "": 8,  # "" is the package's public __init__
@@ -41,9 +42,7 @@ KNOWN_CYCLES = {
 }
 SIZE_LIMIT = 410
 """About 400 lines."""
-KNOWN_LONG = {
-    "stateset_agents.evaluation",
-}
+KNOWN_LONG: set[str] = set()
 """Modules over the limit today (other areas)."""
 
 
