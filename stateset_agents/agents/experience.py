@@ -27,7 +27,8 @@ most ``prompt_top_k``; otherwise the top-k by embedding similarity (all-MiniLM-L
 messages of the conversation. Embeddings are cached per text, so retrieval costs one query embedding and one
 matrix product.
 
-**Storage.** :meth:`~ExperienceLibrary.save` writes atomically through fsspec (see :mod:`.experience_store`).
+**Storage.** :meth:`~ExperienceLibrary.save` writes atomically through fsspec (see :mod:`.experience_store`);
+the history is replayed and summarised in :mod:`.experience_history`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ..errors import ConfigError, validation_error_text
 from ..types import Message
+from .experience_history import history_report, replay
 from .experience_records import (
     MAX_PROVENANCE,
     OP_NAMES,
@@ -342,19 +344,10 @@ class ExperienceLibrary(BaseModel):
             raise ConfigError(f"step {step} must be >= 0")
         if step > self.step:
             raise ConfigError(f"cannot roll back to step {step}: the library's last committed step is {self.step}")
-        state: dict[str, Experience] = {}
-        max_id = 0
-        records = [r for r in self.history if r.step <= step]
-        for r in records:
-            for op in r.ops:
-                max_id = max(max_id, id_num(op.id))
-                if op.after is None:
-                    state.pop(op.id, None)
-                else:
-                    state[op.id] = op.after
+        experiences, records, max_id = replay(self.history, step)
         lib = type(self).model_validate({
             "max_size": self.max_size, "word_limit": self.word_limit, "prompt_top_k": self.prompt_top_k,
-            "dedup_threshold": self.dedup_threshold, "experiences": [e.model_dump() for e in state.values()],
+            "dedup_threshold": self.dedup_threshold, "experiences": [e.model_dump() for e in experiences],
             "history": [r.model_dump() for r in records], "next_id": max_id + 1, "step": step})
         lib._embedder = self._embedder
         lib._cache = dict(self._cache)
@@ -362,23 +355,7 @@ class ExperienceLibrary(BaseModel):
 
     def report(self) -> LibraryReport:
         """Size, mean confidence, domain coverage, deduplication ratio, operations per step."""
-        per_step = []
-        totals = dict.fromkeys(OP_NAMES, 0)
-        for r in self.history:
-            row = {"step": r.step, **dict.fromkeys(OP_NAMES, 0)}
-            for op in r.ops:
-                row[op.op] += 1
-                totals[op.op] += 1
-            per_step.append(row)
-        domains: dict[str, int] = {}
-        for e in self.experiences:
-            domains[e.domain] = domains.get(e.domain, 0) + 1
-        proposed = totals["ADD"] + totals["MERGE"]
-        return LibraryReport(
-            size=len(self.experiences), max_size=self.max_size,
-            mean_confidence=float(np.mean([e.confidence for e in self.experiences])) if self.experiences else None,
-            domains=domains, dedup_ratio=totals["MERGE"] / proposed if proposed else None,
-            steps=len(self.history), ops_total=totals, ops_per_step=per_step)
+        return history_report(self.experiences, self.history, self.max_size)
 
     def table(self) -> Any:
         """A rich table of the experiences (id, domain, confidence, confirmations, text)."""
