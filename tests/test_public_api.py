@@ -13,9 +13,9 @@ def test_all_names_exist_and_are_unique():
 
 def test_all_lists_every_public_reexport():
     public = {n for n in dir(stateset_agents) if not n.startswith("_")}
-    submodules = {"agents", "envs", "errors", "models", "rewards", "types", "cli", "demo", "chat", "rollout",
-                  "evaluation", "evaluation_report", "evaluation_compare", "paired", "training", "serving",
-                  "transcripts", "transcripts_show", "atomic", "resolve", "toolcalls"}  # subpackages: present once something imported them
+    submodules = {"agents", "envs", "errors", "models", "rewards", "types", "cli", "cli_commands", "demo", "chat",
+                  "rollout", "evaluation", "evaluation_report", "evaluation_compare", "paired", "training",
+                  "serving", "transcripts", "transcripts_show", "atomic", "resolve", "toolcalls"}  # subpackages: present once something imported them
     assert public - submodules - set(stateset_agents.__all__) == set()
 
 

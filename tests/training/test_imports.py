@@ -25,7 +25,7 @@ LAYERS = {
     "training": 6,
     "chat": 7, "demo": 7,
     "serving": 8, "": 8,  # "" is the package's public __init__
-    "cli": 9, "__main__": 9,
+    "cli": 9, "cli_commands": 9, "__main__": 9,
 }
 """Each top-level module or subpackage and its layer: a module may import its own layer and those below only."""
 
