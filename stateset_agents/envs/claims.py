@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import re
 
-from .pack import ClaimSpec, EnvPack, Scenario
+from .pack_schema import EnvPack, Scenario
+from .rules import ClaimSpec
 from .tools import Database, evaluate
 
 __all__ = ["claims_in", "false_claims"]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .pack import EnvPack, FactSpec, Scenario
+from .pack_schema import EnvPack, FactSpec, Scenario
+from .tools import apply_changes
 
 __all__ = ["Evidence", "evidence_for", "numbers_in", "phrase_grounded", "told_grounded"]
 
@@ -43,8 +44,6 @@ def numbers_in(text: str) -> set[float]:
 
 
 def _db_values(pack: EnvPack, scenario: Scenario) -> tuple[set[str], set[float]]:
-    from .outcome import apply_changes  # local: outcome imports this module
-
     db = apply_changes(scenario.database, scenario.expected_changes)
     skip = set(pack.policy.free_text_fields)
     strings: set[str] = set()

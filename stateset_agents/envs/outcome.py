@@ -34,8 +34,9 @@ from typing import Any
 
 from .claims import false_claims
 from .grounding import Evidence, evidence_for, numbers_in, told_grounded
-from .pack import EnvPack, RequiredAction, Scenario
-from .tools import Database, evaluate
+from .pack_schema import EnvPack, Scenario
+from .rules import RequiredAction
+from .tools import Database, apply_changes, evaluate
 
 __all__ = ["EpisodeRecord", "action_matches", "apply_changes", "compute_outcome", "disclosures", "facts_in",
            "forbidden_statements_in", "goal_reached", "state_diff"]
@@ -72,34 +73,6 @@ def disclosures(pack: EnvPack, scenario: Scenario, db: Database, text: str) -> l
                 hits.append(key)
                 break
     return hits
-
-
-def _split_path(path: str, db: Database, value: Any) -> tuple[str, str, str | None]:
-    table, _, rest = path.partition(".")
-    recs = db.get(table, {})
-    if rest in recs or "." not in rest:
-        return table, rest, None
-    for i in range(len(rest) - 1, 0, -1):
-        if rest[i] == "." and rest[:i] in recs:
-            return table, rest[:i], rest[i + 1:]
-    key, _, fld = rest.rpartition(".")
-    return table, key, fld
-
-
-def apply_changes(db: Database, changes: dict[str, Any]) -> Database:
-    """A copy of ``db`` with ``TABLE.KEY.FIELD -> value`` (or ``TABLE.KEY -> record|None``) applied."""
-    out = copy.deepcopy(db)
-    for path, value in changes.items():
-        table, key, fld = _split_path(path, out, value)
-        recs = out.setdefault(table, {})
-        if fld is None:
-            if value is None:
-                recs.pop(key, None)
-            else:
-                recs[key] = copy.deepcopy(value)
-        else:
-            recs.setdefault(key, {})[fld] = copy.deepcopy(value)
-    return out
 
 
 def state_diff(actual: Database, expected: Database, ignore: list[str]) -> list[str]:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from ..errors import PackError
 from .pack_schema import (
+    EnvPack,
     FactSpec,
     Goal,
     HiddenFact,
@@ -33,8 +34,8 @@ from .pack_schema import (
 )
 from .pack_schema import Mood as Mood
 from .pack_schema import Privacy as Privacy
-from .rules import ClaimSpec, Condition, ForbiddenAction, ForbiddenStatement, RequiredAction, _Strict
-from .variant_spec import VariantSpec
+from .rules import ClaimSpec, Condition, ForbiddenAction, ForbiddenStatement, RequiredAction
+from .validate import check_claims, check_pack
 
 __all__ = [
     "ClaimSpec",
@@ -56,50 +57,6 @@ __all__ = [
     "load_pack",
     "pack_root",
 ]
-
-
-class EnvPack(_Strict):
-    name: str
-    env_id: str
-    """The Gymnasium id, e.g. ``stateset/CustomerService-v0``."""
-    description: str
-    domain: str
-    """Agent strategy domain (customer_service, tech_support, sales, ...)."""
-    system_prompt: str
-    """What the agent is told about its role and the policy."""
-    compact_prompt: str | None = None
-    """The same instructions trimmed for small models (``tool_prompt: compact``); default: ``system_prompt``."""
-    variants: VariantSpec | None = None
-    """How train scenarios expand into variants (envs/variants.py); None: the pack has none."""
-    max_turns: int = Field(default=12, ge=1)
-    policy: PackPolicy = Field(default_factory=PackPolicy)
-    tools: list[ToolSpec]
-    scenarios: list[Scenario] = Field(default_factory=list)
-    path: str | None = None
-
-    def tool(self, name: str) -> ToolSpec | None:
-        return next((t for t in self.tools if t.name == name), None)
-
-    def scenario(self, scenario_id: str) -> Scenario:
-        from .registry import unknown_scenario  # local: avoids a cycle
-
-        for s in self.scenarios:
-            if s.id == scenario_id:
-                return s
-        raise unknown_scenario(self, scenario_id)
-
-    def split(self, split: str) -> list[Scenario]:
-        if split not in ("train", "test", "all"):
-            raise PackError(f"split {split!r} is not one of 'train', 'test', 'all'")
-        return [s for s in self.scenarios if split == "all" or s.split == split]
-
-    def tools_openai(self, compact: bool = False) -> list[dict[str, Any]]:
-        """The tools in OpenAI format; ``compact``: each description is the tool's ``summary`` (or empty)."""
-        tools = [t.openai_schema() for t in self.tools]
-        if compact:
-            for t, spec in zip(tools, self.tools, strict=True):
-                t["function"]["description"] = spec.summary or ""
-        return tools
 
 
 def _pkg_dir() -> Path:
@@ -175,8 +132,6 @@ def load_pack(name_or_path: str | os.PathLike[str]) -> EnvPack:
 
 
 def _load(path: Path) -> EnvPack:
-    from .validate import check_claims, check_pack  # cross-references
-
     head_file = path / "pack.yaml"
     head = _read_yaml(head_file)
     if not isinstance(head, dict):

@@ -1,8 +1,9 @@
-"""The schema of a pack's parts: tools and their effects, the policy, and the scenarios with their users, goals,
-required facts and reference solutions.
+"""The schema of a pack: :class:`EnvPack` and its parts, the tools and their effects, the policy, and the
+scenarios with their users, goals, required facts and reference solutions.
 
-:class:`~stateset_agents.envs.pack.EnvPack`, which holds them, and its loader are in :mod:`.pack`; every name
-here is importable from there too. See docs/environments.md for the format.
+The loader (``load_pack``, which validates cross-references and judges each scenario's progress items) is in
+:mod:`.pack`, above this module and the modules that read a pack; every name here is importable from there
+too. See docs/environments.md for the format.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..errors import PackError, UnknownScenarioError, did_you_mean
 from .rules import ClaimSpec, Condition, ForbiddenAction, ForbiddenStatement, RequiredAction, _Strict
-from .variant_spec import VaryEntry
+from .variant_spec import VariantSpec, VaryEntry
 
 __all__ = [
+    "EnvPack",
     "FactSpec",
     "Goal",
     "HiddenFact",
@@ -26,6 +29,7 @@ __all__ = [
     "ToolEffect",
     "ToolSpec",
     "UserProfile",
+    "unknown_scenario",
 ]
 
 Mood = Literal["calm", "frustrated", "angry", "confused", "anxious", "cheerful", "skeptical", "rushed"]
@@ -223,3 +227,53 @@ class Scenario(_Strict):
         if not v or any(c.isspace() for c in v):
             raise ValueError(f"scenario id {v!r} must be non-empty with no spaces")
         return v
+
+
+class EnvPack(_Strict):
+    name: str
+    env_id: str
+    """The Gymnasium id, e.g. ``stateset/CustomerService-v0``."""
+    description: str
+    domain: str
+    """Agent strategy domain (customer_service, tech_support, sales, ...)."""
+    system_prompt: str
+    """What the agent is told about its role and the policy."""
+    compact_prompt: str | None = None
+    """The same instructions trimmed for small models (``tool_prompt: compact``); default: ``system_prompt``."""
+    variants: VariantSpec | None = None
+    """How train scenarios expand into variants (envs/variants.py); None: the pack has none."""
+    max_turns: int = Field(default=12, ge=1)
+    policy: PackPolicy = Field(default_factory=PackPolicy)
+    tools: list[ToolSpec]
+    scenarios: list[Scenario] = Field(default_factory=list)
+    path: str | None = None
+
+    def tool(self, name: str) -> ToolSpec | None:
+        return next((t for t in self.tools if t.name == name), None)
+
+    def scenario(self, scenario_id: str) -> Scenario:
+        for s in self.scenarios:
+            if s.id == scenario_id:
+                return s
+        raise unknown_scenario(self, scenario_id)
+
+    def split(self, split: str) -> list[Scenario]:
+        if split not in ("train", "test", "all"):
+            raise PackError(f"split {split!r} is not one of 'train', 'test', 'all'")
+        return [s for s in self.scenarios if split == "all" or s.split == split]
+
+    def tools_openai(self, compact: bool = False) -> list[dict[str, Any]]:
+        """The tools in OpenAI format; ``compact``: each description is the tool's ``summary`` (or empty)."""
+        tools = [t.openai_schema() for t in self.tools]
+        if compact:
+            for t, spec in zip(tools, self.tools, strict=True):
+                t["function"]["description"] = spec.summary or ""
+        return tools
+
+
+def unknown_scenario(pack: EnvPack, scenario_id: str) -> UnknownScenarioError:
+    """The error for a scenario id the pack lacks, naming close matches."""
+    ids = [s.id for s in pack.scenarios]
+    hint = did_you_mean(scenario_id, ids)
+    return UnknownScenarioError(f"unknown scenario {scenario_id!r} in pack {pack.name!r} ({len(ids)} scenarios)."
+                                f"{' ' + hint if hint else ''} `stateset-agents envs list` shows them all")

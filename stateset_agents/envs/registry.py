@@ -16,8 +16,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from ..errors import PluginError, UnknownScenarioError, did_you_mean
-from .pack import EnvPack
+from ..errors import PluginError
+from .pack_schema import unknown_scenario as unknown_scenario
 
 __all__ = ["BUILTIN_ENVS", "ENTRY_POINT_GROUP", "load_plugins", "register_builtin_envs", "register_pack",
            "registered_envs", "unknown_scenario"]
@@ -73,9 +73,3 @@ def registered_envs() -> dict[str, dict[str, Any]]:
     """Every Gymnasium id whose entry point is ConversationEnv, with its kwargs."""
     return {k: dict(v.kwargs) for k, v in gym.registry.items() if v.entry_point == _ENTRY}
 
-
-def unknown_scenario(pack: EnvPack, scenario_id: str) -> UnknownScenarioError:
-    ids = [s.id for s in pack.scenarios]
-    hint = did_you_mean(scenario_id, ids)
-    return UnknownScenarioError(f"unknown scenario {scenario_id!r} in pack {pack.name!r} ({len(ids)} scenarios)."
-                                f"{' ' + hint if hint else ''} `stateset-agents envs list` shows them all")

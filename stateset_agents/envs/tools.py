@@ -1,10 +1,11 @@
 """Executing an agent's tool calls against the episode's own database.
 
 The database is ``table -> key -> record`` (plain dicts), copied from the scenario at reset. Tools are
-described by data (:class:`~stateset_agents.envs.pack.ToolSpec`); this module validates arguments
+described by data (:class:`~stateset_agents.envs.pack_schema.ToolSpec`); this module validates arguments
 against the JSON schema subset documented there, checks conditions, applies the effect and returns a
 JSON-serialisable result. A failure is a :class:`ToolError` whose message is shown to the agent as the
-tool's answer, so it can recover.
+tool's answer, so it can recover. :func:`apply_changes` gives a database with a scenario's dotted-path
+``expected_changes`` applied (the end database the outcome and the grounding rule compare against).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import copy
 import re
 from typing import Any
 
-from .pack import Condition, EnvPack, ForbiddenAction, ToolSpec
+from .pack_schema import EnvPack, ToolSpec
+from .rules import Condition, ForbiddenAction
 
-__all__ = ["Database", "ToolError", "evaluate", "resolve_ref", "run_tool", "validate_args"]
+__all__ = ["Database", "ToolError", "apply_changes", "evaluate", "resolve_ref", "run_tool", "validate_args"]
 
 Database = dict[str, dict[str, dict[str, Any]]]
 
@@ -223,3 +225,31 @@ def run_tool(pack: EnvPack, name: str, args: Any, db: Database) -> Any:
 
 
 _PATH_RE = re.compile(r"^[^.]+\..+$")
+
+
+def _split_path(path: str, db: Database, value: Any) -> tuple[str, str, str | None]:
+    table, _, rest = path.partition(".")
+    recs = db.get(table, {})
+    if rest in recs or "." not in rest:
+        return table, rest, None
+    for i in range(len(rest) - 1, 0, -1):
+        if rest[i] == "." and rest[:i] in recs:
+            return table, rest[:i], rest[i + 1:]
+    key, _, fld = rest.rpartition(".")
+    return table, key, fld
+
+
+def apply_changes(db: Database, changes: dict[str, Any]) -> Database:
+    """A copy of ``db`` with ``TABLE.KEY.FIELD -> value`` (or ``TABLE.KEY -> record|None``) applied."""
+    out = copy.deepcopy(db)
+    for path, value in changes.items():
+        table, key, fld = _split_path(path, out, value)
+        recs = out.setdefault(table, {})
+        if fld is None:
+            if value is None:
+                recs.pop(key, None)
+            else:
+                recs[key] = copy.deepcopy(value)
+        else:
+            recs.setdefault(key, {})[fld] = copy.deepcopy(value)
+    return out

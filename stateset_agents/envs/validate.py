@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PackError
-from .pack import ClaimSpec, Condition, EnvPack, Scenario
+from .outcome import progress_items
+from .pack_schema import EnvPack, Scenario
+from .rules import ClaimSpec, Condition
 
 __all__ = ["check_claims", "check_pack"]
 
@@ -57,8 +59,6 @@ def _check_actions(pack: EnvPack, s: Scenario, f: Path) -> None:
                 raise _err(f, s, f"required_actions.{i}.args.{k}",
                            f"tool {a.tool!r} has no argument {k!r}; it takes {sorted(props)}")
     check_claims(s.claims, f, f"scenario {s.id!r}, ")
-    from .outcome import progress_items  # local: outcome imports the pack module
-
     if progress_items(pack, s) == 0:
         raise _err(f, s, "required_actions", "the scenario gives the agent nothing to earn: every goal condition "
                    "already holds in its database and it has no expected_changes, required_facts or "
