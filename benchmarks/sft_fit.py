@@ -54,8 +54,8 @@ def turn_fit(model: Any, tokenizer: Any, trajs: list[Trajectory]) -> dict[str, A
         token_acc.append(float(ok.float().mean()))
         by_turn[s.turn_index].append(bool(ok.all()))
         is_call = tokenizer.decode(target).startswith("<tool_call>")
-        kind.append((tokenizer.decode([int(pred[0])]) == tokenizer.decode([int(target[0])])) or
-                    (not is_call and not tokenizer.decode([int(pred[0])]).startswith("<")))
+        # a call must open with the call's own first token; a message with anything that does not open a tag
+        kind.append(bool(ok[0]) if is_call else not tokenizer.decode([int(pred[0])]).startswith("<"))
         if is_call:
             a, b = _name_span(tokenizer, target.tolist())
             tool.append(bool(ok[a:b].all()))
