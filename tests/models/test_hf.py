@@ -164,7 +164,10 @@ async def test_prefix_cache_gives_the_tokens_and_logprobs_of_a_full_prefill(tiny
                 assert g.prompt_ids == w.prompt_ids
                 assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=1e-4)
         s = cached.engine.stats
-        assert s.prefix_builds == 1 and s.prefix_hits >= 2 and s.prefix_tokens_reused >= 64 * 16
+        # the prefix path served every admission (normally one build in the first round, reused in the second; a
+        # loaded machine may admit a round in two bursts, each of which may build, so the count is not pinned)
+        assert s.prefix_builds >= 1 and s.prefix_hits >= 2
+        assert s.prefix_tokens_reused >= 64 * 16
         assert plain.engine.stats.prefix_hits == 0
     finally:
         cached.close()
@@ -206,7 +209,10 @@ async def test_prefix_cache_is_dropped_when_the_weights_change(tiny_model_path):
     prompts = _shared_prefix_prompts(4)
     try:
         await asyncio.gather(*[cached.chat(p, sampling=GREEDY) for p in prompts])
-        assert cached.engine.stats.prefix_builds == 1
+        # one build, or two on a loaded machine where the 4 requests are admitted in two bursts and the second
+        # burst shares a longer prefix with the first
+        first = cached.engine.stats.prefix_builds
+        assert first in (1, 2)
         with torch.no_grad():  # an optimiser step, as far as the engine can tell
             for p in cached.model.parameters():
                 p.mul_(1.5)
@@ -223,7 +229,7 @@ async def test_prefix_cache_is_dropped_when_the_weights_change(tiny_model_path):
         # rebuilt with the new weights (on a loaded machine the 4 requests may be admitted in two bursts, and the
         # second burst may share a longer prefix with the first and build once more)
         rebuilt = cached.engine.stats.prefix_builds
-        assert rebuilt >= 2
+        assert rebuilt > first
         cached.engine.clear_prefix_cache()
         cached.engine.clear_prefix_cache()
         await cached.chat(prompts[1], sampling=GREEDY)
