@@ -34,6 +34,7 @@ from .model_checks import refuse_rescaled_logits
 from .prefix import (
     MIN_SHARED_PREFIX,
     PrefixBatch,
+    checkpointed_layers,
     collate_shared_prefix,
     common_prefix_len,
     shared_prefix_hidden,
@@ -89,10 +90,8 @@ class Policy:
             for p in base.parameters():
                 p.requires_grad_(True)
         refuse_rescaled_logits(self.causal_lm)
-        if config.gradient_checkpointing:
+        if config.gradient_checkpointing and config.fsdp:  # replicated: hidden() checkpoints (prefix.py)
             self.causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if self.is_lora:
-                self.causal_lm.enable_input_require_grads()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError("the policy has no trainable parameters; check use_lora / lora_target_modules")
@@ -144,7 +143,7 @@ class Policy:
         return self.causal_lm.get_output_embeddings()
 
     def can_share_prefix(self) -> bool:
-        return self.fsdp is None and not self.config.gradient_checkpointing
+        return self.fsdp is None
 
     def collate(self, mb: list[Sample], *, share: bool = True) -> Any:
         """One micro-batch as tensors; around the prompts' common prefix when that saves compute."""
@@ -153,10 +152,15 @@ class Policy:
         return collate(mb, self.pad_id, self.device)
 
     def hidden(self, b: Any) -> torch.Tensor:
+        """Final hidden states; with ``gradient_checkpointing`` (and gradients on) every decoder layer of the
+        forward (the shared prefix's excepted) is recomputed in the backward pass instead of keeping its
+        activations."""
+        decoder = self.causal_lm.base_model
+        ckpt = self.config.gradient_checkpointing and torch.is_grad_enabled()
         if isinstance(b, PrefixBatch):
-            return shared_prefix_hidden(self.causal_lm.base_model, b)
-        return self.causal_lm.base_model(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                         use_cache=False).last_hidden_state
+            return shared_prefix_hidden(decoder, b, checkpoint=ckpt)
+        with checkpointed_layers(decoder, ckpt):
+            return decoder(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).last_hidden_state
 
     def logprobs(self, b: Any, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Hidden states, log-probs of the loss tokens at ``temperature``, and their entropies."""

@@ -12,13 +12,23 @@ gradient are the same up to floating-point rounding; only the repeated prefix co
 is gone.
 
 Used by the trainer for every micro-batch whose common prefix is at least :data:`MIN_SHARED_PREFIX` tokens (the
-trainer orders samples by prompt so that micro-batches share as much as possible); not with gradient
-checkpointing (transformers turns the KV cache off there), GAE's value head, or FSDP.
+trainer orders samples by prompt so that micro-batches share as much as possible); not with GAE's value head or
+FSDP.
+
+With ``gradient_checkpointing`` the tail's decoder layers run under activation checkpointing
+(:func:`checkpointed_layers`): each layer keeps only its input for the backward pass and is recomputed there, so
+the update's activation memory is about one layer's instead of all of them. The prefix is forwarded once without
+checkpointing (one row; it writes the cache) and the tail reads its keys and values from a :class:`_PrefixCache`
+that stores nothing, so a layer recomputed in the backward pass attends to exactly what it attended to in the
+forward. (transformers' own checkpointing drops the cache argument of a checkpointed layer, which would cut the
+tail off from its prefix; it is not used here.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +38,8 @@ from ..models._compat import cache_kwarg
 from ..models.kv_cache import common_prefix_len as _token_prefix_len
 from .batch import Batch, Sample, collate
 
-__all__ = ["MIN_SHARED_PREFIX", "PrefixBatch", "collate_shared_prefix", "common_prefix_len", "shared_prefix_hidden"]
+__all__ = ["MIN_SHARED_PREFIX", "PrefixBatch", "checkpointed_layers", "collate_shared_prefix", "common_prefix_len",
+           "shared_prefix_hidden"]
 
 #: below this many common tokens the shared forward is not worth its second decoder call
 MIN_SHARED_PREFIX = 16
@@ -75,23 +86,90 @@ def collate_shared_prefix(samples: Sequence[Sample], pad_id: int, device: torch.
     )
 
 
-def shared_prefix_hidden(decoder: Any, b: PrefixBatch) -> torch.Tensor:
-    """``[K, C, H]``: for each completion row, the final hidden states that predict its tokens (position ``j``
-    predicts completion token ``j``: the prompt's last state for ``j = 0``, the completion's ``j - 1`` after)."""
+def _decoder_layers(decoder: Any) -> list[torch.nn.Module]:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in decoder.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+@contextmanager
+def checkpointed_layers(decoder: Any, enabled: bool = True) -> Iterator[None]:
+    """Within the block, every decoder layer of ``decoder`` runs under ``torch.utils.checkpoint`` (non-reentrant):
+    it saves its inputs only and is recomputed in the backward pass. Layers whose inputs and weights need no
+    gradient (below ``lora_layers``) save nothing either way. The layers' own (transformers) checkpointing is off
+    inside the block, so a layer is never checkpointed twice; nothing is left changed after it."""
+    if not enabled:
+        yield
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    layers = _decoder_layers(decoder)
+    saved = [m.gradient_checkpointing for m in layers]
+    for m in layers:
+        forward = type(m).forward.__get__(m)
+        m.gradient_checkpointing = False
+        m.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+    try:
+        yield
+    finally:
+        for m, was in zip(layers, saved, strict=True):
+            del m.forward
+            m.gradient_checkpointing = was
+
+
+@contextmanager
+def _unchecked(decoder: Any) -> Iterator[None]:
+    """transformers' own layer checkpointing off (the prefix forward writes the cache; a replay would write twice)."""
+    layers = _decoder_layers(decoder)
+    saved = [m.gradient_checkpointing for m in layers]
+    for m in layers:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m, was in zip(layers, saved, strict=True):
+            m.gradient_checkpointing = was
+
+
+@functools.cache
+def _prefix_cache_class() -> type:
     from transformers import DynamicCache
 
+    class _PrefixCache(DynamicCache):
+        """Filled by the prefix forward; then (``frozen``) every layer's update returns prefix + new states and
+        stores nothing, so a recomputed layer sees the cache the forward saw."""
+
+        frozen = False
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.frozen:
+                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            layer = self.layers[layer_idx]
+            return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+    return _PrefixCache
+
+
+def shared_prefix_hidden(decoder: Any, b: PrefixBatch, *, checkpoint: bool = False) -> torch.Tensor:
+    """``[K, C, H]``: for each completion row, the final hidden states that predict its tokens (position ``j``
+    predicts completion token ``j``: the prompt's last state for ``j = 0``, the completion's ``j - 1`` after).
+    ``checkpoint``: the tail's layers under activation checkpointing (see the module docs)."""
     assert b.prompt_ids is not None
     k, c = b.input_ids.shape
     p = b.prompt_ids.shape[1]
     device = b.input_ids.device
-    cache = DynamicCache(config=getattr(decoder, "config", None))
-    head = decoder(input_ids=b.prompt_ids, attention_mask=torch.ones_like(b.prompt_ids), use_cache=True,
-                   **cache_kwarg(decoder, cache))
+    cache = _prefix_cache_class()(config=getattr(decoder, "config", None))
+    with _unchecked(decoder):
+        head = decoder(input_ids=b.prompt_ids, attention_mask=torch.ones_like(b.prompt_ids), use_cache=True,
+                       **cache_kwarg(decoder, cache))
     for layer in cache.layers:  # one prompt, K continuations: views, no copies
         layer.keys = layer.keys.expand(k, -1, -1, -1)
         layer.values = layer.values.expand(k, -1, -1, -1)
+    cache.frozen = True
     positions = torch.arange(p, p + c, device=device)
-    tail = decoder(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=positions.expand(k, c),
-                   cache_position=positions, use_cache=True, **cache_kwarg(decoder, cache))
+    with checkpointed_layers(decoder, checkpoint):
+        tail = decoder(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=positions.expand(k, c),
+                       cache_position=positions, use_cache=True, **cache_kwarg(decoder, cache))
     last = head.last_hidden_state[:, -1:, :].expand(k, 1, -1)
     return torch.cat([last, tail.last_hidden_state[:, :-1, :]], dim=1)

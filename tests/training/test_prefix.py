@@ -11,6 +11,7 @@ from stateset_agents.training.batch import Sample, collate
 from stateset_agents.training.losses import token_logprobs
 from stateset_agents.training.prefix import (
     PrefixBatch,
+    checkpointed_layers,
     collate_shared_prefix,
     common_prefix_len,
     shared_prefix_hidden,
@@ -34,7 +35,10 @@ def test_common_prefix_len():
 
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("distinct_tails", [False, True])
-def test_shared_prompt_forward_matches_plain_forward(tiny_model_path, lora, distinct_tails):
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_shared_prompt_forward_matches_plain_forward(tiny_model_path, lora, distinct_tails, checkpoint):
+    """Also with the tail's layers under activation checkpointing: the backward pass recomputes them against the
+    same (read-only) prefix cache, so log-probs and gradients are the plain forward's."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -70,9 +74,57 @@ def test_shared_prompt_forward_matches_plain_forward(tiny_model_path, lora, dist
     shared = collate_shared_prefix(samples, pad_id=0)
     assert isinstance(shared, PrefixBatch) and shared.prompt_ids.shape == (1, len(prompt))
     assert torch.equal(shared.targets, plain.targets) and torch.equal(shared.rows, plain.rows)
-    lp_shared, g_shared = loss_and_grads(shared, shared_prefix_hidden(causal.base_model, shared))
+    lp_shared, g_shared = loss_and_grads(shared, shared_prefix_hidden(causal.base_model, shared,
+                                                                      checkpoint=checkpoint))
 
     assert torch.allclose(lp_shared, lp_plain, atol=1e-5), (lp_shared - lp_plain).abs().max()
     worst = max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(g_shared, g_plain, strict=True))
     assert worst < 1e-4
     assert any(float(g.abs().max()) > 0 for g in g_plain)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes autograd saves for the backward pass while ``fn`` runs (each saved tensor's storage counted once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_checkpointed_layers_keep_less_for_backward_and_the_same_gradient(tiny_model_path, shared):
+    """Activation checkpointing (gradient_checkpointing: true) saves a fraction of the activations the plain
+    forward keeps, and leaves the gradient unchanged; the plain (no shared prefix) path and the shared one alike."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    lm.train()
+    prompt = list(range(5, 45))
+    samples = [sample(prompt + [50 + i], list(range(60 + i, 100 + i)), i) for i in range(4)]
+    b = collate_shared_prefix(samples, pad_id=0) if shared else collate(samples, pad_id=0)
+    head = lm.get_output_embeddings().weight
+    params = [p for p in lm.parameters() if p.requires_grad]
+
+    def run(ckpt: bool):
+        def forward():
+            if shared:
+                return shared_prefix_hidden(lm.model, b, checkpoint=ckpt)
+            with checkpointed_layers(lm.model, ckpt):
+                return lm.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).last_hidden_state
+        saved, hidden = _saved_bytes(forward)
+        logp, _ = token_logprobs(hidden[b.rows, b.positions], head, b.targets)
+        return saved, torch.autograd.grad((logp * b.advantages).sum(), params)
+
+    plain_bytes, g_plain = run(False)
+    ckpt_bytes, g_ckpt = run(True)
+    # (a 2-layer model: the shared prefix's own forward, not checkpointed, is a large share here; 1/10 without it)
+    assert ckpt_bytes < plain_bytes / 2, (ckpt_bytes, plain_bytes)
+    worst = max(float((a - c).abs().max() / (a.abs().max() + 1e-12)) for a, c in zip(g_plain, g_ckpt, strict=True))
+    assert worst < 1e-5
+    # nothing left changed on the layers
+    assert all("forward" not in vars(m) for m in lm.model.layers)
