@@ -161,16 +161,20 @@ class PolicyConfig(RunConfig):
     """Adapt only the last N decoder layers (None: all). Nothing below them needs a gradient, so the backward pass
     stops there: on SmolLM2 (30 layers), a LoRA forward and backward in fp32 ran at 272 tokens/s with every layer,
     437 with the last 12, 493 with the last 8 (benchmarks/train_throughput.py; RESULTS.md, "Training throughput")."""
-    rollout_precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    rollout_precision: Literal["fp32", "bf16", "int8", "auto"] = "fp32"
     """Weights the rollouts sample from: ``fp32``, the trained weights in their own dtype; ``bf16`` or ``int8``,
     bfloat16 or int8 copies of every linear layer (the engine's fast path; local Llama-family models; int8 on CPU
-    only) while the update keeps the fp32 weights. Evaluation samples with the same weights (its speed is not
+    only) while the update keeps the fp32 weights; ``auto``: ``bf16`` where the device computes bf16 natively (a
+    bf16 GPU, a CPU with AVX512-BF16 or AMX), else ``fp32`` (resolved when the config is loaded; the run folder's
+    config.yaml records the choice). Evaluation samples with the same weights (its speed is not
     benchmarked yet). The sampler (mu) then differs from the trained policy: GRPO measures the mismatch
     (``mismatch/*``) and corrects it (``tis_cap``)."""
-    mixed_precision: Literal["no", "bf16"] = "no"
+    mixed_precision: Literal["no", "bf16", "auto"] = "no"
     """``bf16``: the training forward and backward run under ``torch.autocast`` in bfloat16 (weights, gradients and
     AdamW state stay fp32; log-probs and the loss in fp32). On this project's CPU (AMX) a LoRA forward and backward
-    ran 1.8-2.3x faster (benchmarks/RESULTS.md, "Training throughput"; needs AMX or AVX512-BF16). The trainer's
+    ran 1.8-2.3x faster (benchmarks/RESULTS.md, "Training throughput"; needs AMX or AVX512-BF16: on an AVX2-only
+    CPU torch emulates bf16 and an update is over 10x slower than in fp32). ``auto``: ``bf16`` where the device
+    computes it natively, else ``no`` (resolved when the config is loaded, like ``rollout_precision``). The trainer's
     log-probs then differ from an fp32 sampler's by bf16 rounding: GRPO's ``mismatch/*`` metrics measure it and ``tis_cap`` corrects it."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, more time)."""
@@ -182,6 +186,14 @@ class PolicyConfig(RunConfig):
 
     @model_validator(mode="after")
     def _policy_checks(self) -> PolicyConfig:
+        if "auto" in (self.mixed_precision, self.rollout_precision):
+            from ..models._compat import native_bf16
+
+            fast = native_bf16(self.device)
+            if self.mixed_precision == "auto":
+                self.mixed_precision = "bf16" if fast else "no"
+            if self.rollout_precision == "auto":
+                self.rollout_precision = "bf16" if fast else "fp32"
         if self.use_lora and not self.lora_target_modules:
             raise ValueError("use_lora is on but lora_target_modules is empty; name the modules to adapt")
         if self.rollout_precision == "int8" and (self.fsdp or self.device == "cuda"):

@@ -22,10 +22,26 @@ from tests.training.test_trainer import TOY, TargetShare, make_trainer
 
 
 # ---------------------------------------------------------------- config and setup errors
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch, native):
+    """`auto` resolves at load time: bf16 training and rollouts on a CPU with AVX512-BF16/AMX (or a bf16 GPU), fp32
+    on one that would emulate bf16 (over 10x slower there); explicit settings are left alone."""
+    import stateset_agents.models._compat as compat
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert compat.native_bf16("cpu") is native
+    c = GRPOConfig(mixed_precision="auto", rollout_precision="auto", device="cpu")
+    assert (c.mixed_precision, c.rollout_precision) == (("bf16", "bf16") if native else ("no", "fp32"))
+    c = GRPOConfig(mixed_precision="bf16", rollout_precision="int8", device="cpu")
+    assert (c.mixed_precision, c.rollout_precision) == ("bf16", "int8")
+
+
 def test_bad_settings_fail_with_one_clear_line(tmp_path, tiny_model_path):
     f = tmp_path / "c.yaml"
     for text, expected in [
-        ("rollout_precision: int4\n", "field 'rollout_precision': Input should be 'fp32', 'bf16' or 'int8' (got 'int4')"),
+        ("rollout_precision: int4\n",
+         "field 'rollout_precision': Input should be 'fp32', 'bf16', 'int8' or 'auto' (got 'int4')"),
         ("tis_cap: 0.5\n", "field 'tis_cap': Input should be greater than or equal to 1 (got 0.5)"),
         ("mismatch_mask: 1\n", "field 'mismatch_mask': Input should be greater than 1 (got 1)"),
         ("rollout_precision: int8\ndevice: cuda\n", "rollout_precision 'int8' runs torch's CPU int8 kernel"),
