@@ -12,14 +12,17 @@ Workload (identical for both trainers):
   constant learning rate 1e-5, gradient clipping at 1.0, no zero-variance-group skipping;
 - settings: full fine-tune, and LoRA r=8 (alpha 16, q/k/v/o projections).
 
-Each trainer runs in its own subprocess (its peak RSS is its own; model loading is not timed) and the two
-alternate within one invocation (TRL, ours, ours, TRL, ...), so both see the same machine load. A step is timed
+Ours runs with its rollouts sampled from fp32 weights (``ours``) and from int8 weights (``ours_int8``:
+``rollout_precision: int8``, the update in fp32 with the mismatch measured and corrected by truncated importance
+sampling; ``ours_bf16`` also available). Each trainer runs in its own subprocess (its peak RSS is its own; model
+loading is not timed) and they alternate within one invocation (TRL, ours, ours_int8, then the reverse), so all see
+the same machine load. A step is timed
 from its start to the end of its optimiser update (TRL: ``on_step_begin`` to ``on_step_end``; ours: one
 ``GRPOTrainer.astep()``), including generation. The first ``--warmup`` steps of every run are not counted;
 the reported figure is the median over all counted steps of all rounds.
 
 Run:  .venv/bin/python benchmarks/grpo_vs_trl.py [--steps 6] [--rounds 2] [--settings full lora]
-      [--json benchmarks/results_grpo_vs_trl.json]
+      [--ours ours ours_int8] [--json benchmarks/results_grpo_vs_trl.json]
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ QUESTIONS = [
 GENERATIONS, NEW_TOKENS, LEARNING_RATE, SEED = 4, 32, 1e-5, 0
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 KEYWORDS = ("order", "refund", "sorry", "help", "account", "ship")
+TRAINERS = {"trl": None, "ours": "fp32", "ours_int8": "int8", "ours_bf16": "bf16"}
+"""The trainers a run can alternate: TRL, and ours with its rollouts sampled from fp32, int8 or bf16 weights."""
 
 
 def score_text(text: str) -> float:
@@ -141,7 +146,9 @@ def run_trl(setting: str, steps: int, gradient_checkpointing: bool) -> dict:
 
 # ---------------------------------------------------------------------------------------------- ours
 def write_pack(folder: Path) -> Path:
-    """A single-turn env pack holding the same prompts: goals without conditions end after the first reply."""
+    """A single-turn env pack holding the same prompts: every episode ends after the agent's first reply (the user
+    thanks it when the reply mentions the order, and gives up otherwise: patience 1). The pack validator wants
+    something to earn in every scenario; the benchmark's reward is :func:`score_text` regardless."""
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -152,14 +159,17 @@ def write_pack(folder: Path) -> Path:
         "system_prompt": SYSTEM, "tools": []}), encoding="utf-8")
     scenarios = [{"id": f"q-{i:03d}", "split": "train", "title": f"question {i}", "category": "bench",
                   "difficulty": "easy",
-                  "user": {"name": "Sam", "persona": "brief", "mood": "calm", "opening": [q], "facts": []},
-                  "goal": {"description": "Answer."}, "database": {}, "reference": [{"say": "Let me check."}]}
+                  "user": {"name": "Sam", "persona": "brief", "mood": "calm", "opening": [q], "facts": [],
+                           "patience": 1},
+                  "goal": {"description": "Answer."}, "database": {},
+                  "required_facts": [{"id": "answered", "any_of": ["order"]}],
+                  "reference": [{"say": "Let me check your order."}]}
                  for i, q in enumerate(QUESTIONS)]
     (folder / "scenarios" / "bench.yaml").write_text(yaml.safe_dump(scenarios, sort_keys=False), encoding="utf-8")
     return folder
 
 
-def run_ours(setting: str, steps: int, gradient_checkpointing: bool) -> dict:
+def run_ours(setting: str, steps: int, gradient_checkpointing: bool, precision: str = "fp32") -> dict:
     import asyncio
 
     import torch  # noqa: F401
@@ -187,6 +197,7 @@ def run_ours(setting: str, steps: int, gradient_checkpointing: bool) -> dict:
             weight_decay=0.0, use_lora=setting == "lora", lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"],
             lora_dropout=0.0, lora_target_modules=LORA["target_modules"], micro_batch_size=GENERATIONS,
             skip_zero_variance_groups=False, gradient_checkpointing=gradient_checkpointing, seed=SEED,
+            rollout_precision=precision,
             eval_before=False, eval_after=False, save_every=0, progress=False, output_dir=str(Path(tmp) / "run"))
         model = HFChatModel(path, max_batch_size=GENERATIONS)
         agent = MultiTurnAgent(model, domain=None)
@@ -209,6 +220,7 @@ def run_ours(setting: str, steps: int, gradient_checkpointing: bool) -> dict:
     return {"step_seconds": times, "generation_seconds": gen, "update_seconds": update,
             "mean_completion_tokens": statistics.mean(tokens), "peak_rss_mb": peak_rss_mb(),
             "rss_after_load_mb": rss_loaded, "gradient_checkpointing": gradient_checkpointing,
+            "rollout_precision": precision, "decode_path": model.engine.stats.decode_path,
             "optimizer_defaults": {k: v for k, v in trainer.optimizer.defaults.items() if k in ("foreach", "fused")}}
 
 
@@ -231,7 +243,7 @@ def check_same_prompt(model, agent) -> None:
 def child(which: str, setting: str, steps: int, gc: bool) -> None:
     import torch
 
-    out = (run_trl if which == "trl" else run_ours)(setting, steps, gc)
+    out = run_trl(setting, steps, gc) if which == "trl" else run_ours(setting, steps, gc, TRAINERS[which])
     out["torch_threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -279,8 +291,10 @@ def main() -> None:
                    help="our gradient checkpointing (our default: off)")
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS for both trainers (default: torch's, one per core)")
+    p.add_argument("--ours", nargs="+", choices=[t for t in TRAINERS if t != "trl"], default=["ours", "ours_int8"],
+                   help="our settings to run beside TRL: fp32 rollouts, int8 or bf16 rollout weights")
     p.add_argument("--json", default=None, help="write every measurement here")
-    p.add_argument("--child", choices=["trl", "ours"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=list(TRAINERS), help=argparse.SUPPRESS)
     p.add_argument("--setting", choices=["full", "lora"], help=argparse.SUPPRESS)
     p.add_argument("--gc", choices=["on", "off"], help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -298,12 +312,13 @@ def main() -> None:
             "rounds": a.rounds, "generations": GENERATIONS, "new_tokens": NEW_TOKENS, "threads": a.threads,
             "trl_gradient_checkpointing": a.trl_gc, "ours_gradient_checkpointing": a.ours_gc,
             "load_average_at_start": os.getloadavg()}
-    gcs = {"trl": a.trl_gc == "on", "ours": a.ours_gc == "on"}
+    gcs = {w: (a.trl_gc if w == "trl" else a.ours_gc) == "on" for w in TRAINERS}
+    order = ["trl", *a.ours]
     results: dict = {"meta": meta, "settings": {}}
     for setting in a.settings:
-        runs: dict[str, list[dict]] = {"trl": [], "ours": []}
+        runs: dict[str, list[dict]] = {w: [] for w in order}
         for r in range(a.rounds):
-            for which in (("trl", "ours") if r % 2 == 0 else ("ours", "trl")):
+            for which in (order if r % 2 == 0 else order[::-1]):
                 res = spawn(which, setting, a.steps, gcs[which], a.threads)
                 runs[which].append(res)
                 print(f"{setting:4s} {which:4s} round {r + 1}: steps "
@@ -311,13 +326,14 @@ def main() -> None:
                       f"{' '.join(f'{t:.2f}' for t in res['generation_seconds'])}); peak RSS "
                       f"{res['peak_rss_mb']:.0f} MB; load {res['load_average_1min'][0]:.1f}", flush=True)
         s = {w: summarise(runs[w], a.warmup) for w in runs}
-        s["ratio_seconds_ours_over_trl"] = s["ours"]["median_step_seconds"] / s["trl"]["median_step_seconds"]
-        s["ratio_memory_ours_over_trl"] = s["ours"]["peak_rss_mb"] / s["trl"]["peak_rss_mb"]
+        for w in a.ours:
+            s[f"ratio_seconds_{w}_over_trl"] = s[w]["median_step_seconds"] / s["trl"]["median_step_seconds"]
+            s[f"ratio_memory_{w}_over_trl"] = s[w]["peak_rss_mb"] / s["trl"]["peak_rss_mb"]
         results["settings"][setting] = s
-        print(f"{setting}: TRL {s['trl']['median_step_seconds']:.2f} s/step, {s['trl']['peak_rss_mb']:.0f} MB | "
-              f"ours {s['ours']['median_step_seconds']:.2f} s/step, {s['ours']['peak_rss_mb']:.0f} MB | "
-              f"ours/TRL: time {s['ratio_seconds_ours_over_trl']:.2f}x, memory "
-              f"{s['ratio_memory_ours_over_trl']:.2f}x", flush=True)
+        print(f"{setting}: TRL {s['trl']['median_step_seconds']:.2f} s/step, {s['trl']['peak_rss_mb']:.0f} MB"
+              + "".join(f" | {w} {s[w]['median_step_seconds']:.2f} s/step, {s[w]['peak_rss_mb']:.0f} MB "
+                        f"({s[f'ratio_seconds_{w}_over_trl']:.2f}x time, {s[f'ratio_memory_{w}_over_trl']:.2f}x "
+                        "memory)" for w in a.ours), flush=True)
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -31,7 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "recipe_customer_service.yaml"
-ARMS = {"lora": (True, False), "lora_ckpt": (True, True), "full": (False, False), "full_ckpt": (False, True)}
+ARMS = {"lora": (True, False, None), "lora_ckpt": (True, True, None), "full": (False, False, None),
+        "full_ckpt": (False, True, None), "lora_ckpt_chunk256": (True, True, 256), "full_ckpt_chunk256": (False, True, 256)}
+"""arm: (LoRA, gradient_checkpointing, logprob_chunk_size or None for the default); the default run takes the first
+four."""
+DEFAULT_ARMS = "lora,lora_ckpt,full,full_ckpt"
 
 
 def _status(key: str) -> float:
@@ -46,7 +50,7 @@ def child(arm: str, steps: int) -> dict:
     from stateset_agents.training import build_trainer, load_config
     from stateset_agents.training.recipe import load_recipe
 
-    lora, ckpt = ARMS[arm]
+    lora, ckpt, chunk = ARMS[arm]
     _, stages = load_recipe(CONFIG)
     cfg = dict(stages)["sft"].model_dump()
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,6 +58,8 @@ def child(arm: str, steps: int) -> dict:
                    gradient_checkpointing=ckpt, use_lora=lora, init_from=None, warmup_steps=0)
         if not lora:
             cfg.update(learning_rate=1e-5, lora_layers=None)
+        if chunk:
+            cfg.update(logprob_chunk_size=chunk)
         trainer = build_trainer(load_config(cfg))
         asyncio.run(trainer.prepare())
         before = _status("VmRSS")
@@ -73,7 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=DEFAULT_ARMS, help=f"comma-separated, of: {', '.join(ARMS)}")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", choices=list(ARMS), help=argparse.SUPPRESS)
     a = ap.parse_args()
