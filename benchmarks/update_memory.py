@@ -2,7 +2,7 @@
 checkpointing (``gradient_checkpointing``).
 
 Workload: the SFT stage of ``examples/recipe_customer_service.yaml`` as ``make demo`` runs it (SmolLM2-135M-Instruct,
-bf16 autocast, micro-batches of 8 packed customer_service reference demonstrations of about 760 tokens, the
+``mixed_precision: auto``, i.e. bf16 autocast only on a CPU with native bf16, micro-batches of 8 packed customer_service reference demonstrations of about 760 tokens, the
 288-token system prefix forwarded once), except: ``train_variants: 1`` (the demonstrations are collected faster;
 their lengths are the same kind), no evaluation, ``--steps`` updates. Full fine-tune: ``use_lora: false``, lr 1e-5,
 every layer trained. GRPO's update runs the same forward and backward through the same policy (its micro-batches
@@ -71,7 +71,7 @@ def child(arm: str, steps: int) -> dict:
             m = asyncio.run(trainer.astep())
             times.append(time.perf_counter() - t0)
             tokens.append(sum(len(s.input_ids) for s in trainer.batch(trainer.step - 1)))
-        return {"arm": arm, "rss_before_mb": before, "peak_rss_mb": _status("VmHWM"), "update_s": times,
+        return {"arm": arm, "mixed_precision": trainer.config.mixed_precision, "rss_before_mb": before, "peak_rss_mb": _status("VmHWM"), "update_s": times,
                 "sequence_tokens": tokens, "loss": m["loss"]}
 
 
@@ -115,7 +115,7 @@ def main() -> None:
     if a.json:
         import torch
 
-        doc = {"workload": "recipe_customer_service.yaml SFT stage, micro-batch 8, bf16 autocast", "summary": summary,
+        doc = {"workload": "recipe_customer_service.yaml SFT stage, micro-batch 8, mixed_precision auto", "summary": summary,
                "runs": runs, "machine": f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cpus, "
                                         f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
         tmp = Path(a.json).with_suffix(".tmp")

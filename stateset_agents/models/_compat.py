@@ -50,9 +50,9 @@ def logits_kwarg(model: Any) -> dict[str, Any]:
 
 
 def native_bf16(device: str = "cpu") -> bool:
-    """Whether bfloat16 matrix products run natively on ``device`` (``auto``: CUDA when present, else the CPU): a CUDA GPU that supports bf16, or a CPU with
-    AVX512-BF16 or AMX. Elsewhere (an AVX2-only CPU) torch emulates them, many times slower than fp32: one SFT
-    update of the demo took over 6 minutes in bf16 on such a CPU against about 20 s with AVX512-BF16."""
+    """Whether bfloat16 matrix products run natively on ``device`` (``auto``: CUDA when present, else the CPU): a
+    CUDA GPU that supports bf16, or a CPU with AVX512-BF16 or AMX. Elsewhere (an AVX2-only CPU) torch emulates
+    them, many times slower than fp32 (docs/training.md, "The recipe")."""
     import torch
 
     if device == "auto":

@@ -152,9 +152,8 @@ class Policy:
         return collate(mb, self.pad_id, self.device)
 
     def hidden(self, b: Any) -> torch.Tensor:
-        """Final hidden states; with ``gradient_checkpointing`` (and gradients on) every decoder layer of the
-        forward (the shared prefix's excepted) is recomputed in the backward pass instead of keeping its
-        activations."""
+        """Final hidden states. With ``gradient_checkpointing`` (and gradients on), the decoder layers keep only
+        their inputs and are recomputed in the backward pass; the shared prefix's forward is not checkpointed."""
         decoder = self.causal_lm.base_model
         ckpt = self.config.gradient_checkpointing and torch.is_grad_enabled()
         if isinstance(b, PrefixBatch):

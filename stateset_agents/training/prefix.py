@@ -104,23 +104,21 @@ def checkpointed_layers(decoder: Any, enabled: bool = True) -> Iterator[None]:
     from torch.utils.checkpoint import checkpoint
 
     layers = _decoder_layers(decoder)
-    saved = [m.gradient_checkpointing for m in layers]
-    for m in layers:
-        forward = type(m).forward.__get__(m)
-        m.gradient_checkpointing = False
-        m.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
-    try:
-        yield
-    finally:
-        for m, was in zip(layers, saved, strict=True):
-            del m.forward
-            m.gradient_checkpointing = was
+    with _transformers_checkpointing_off(layers):
+        for m in layers:
+            forward = type(m).forward.__get__(m)
+            m.forward = lambda *a, _f=forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+        try:
+            yield
+        finally:
+            for m in layers:
+                del m.forward
 
 
 @contextmanager
-def _unchecked(decoder: Any) -> Iterator[None]:
-    """transformers' own layer checkpointing off (the prefix forward writes the cache; a replay would write twice)."""
-    layers = _decoder_layers(decoder)
+def _transformers_checkpointing_off(layers: list[torch.nn.Module]) -> Iterator[None]:
+    """transformers' own layer checkpointing off for the block (it drops the cache argument, and a replay of a
+    layer that writes the cache would write it twice); each layer's setting restored after."""
     saved = [m.gradient_checkpointing for m in layers]
     for m in layers:
         m.gradient_checkpointing = False
@@ -160,7 +158,7 @@ def shared_prefix_hidden(decoder: Any, b: PrefixBatch, *, checkpoint: bool = Fal
     p = b.prompt_ids.shape[1]
     device = b.input_ids.device
     cache = _prefix_cache_class()(config=getattr(decoder, "config", None))
-    with _unchecked(decoder):
+    with _transformers_checkpointing_off(_decoder_layers(decoder)):
         head = decoder(input_ids=b.prompt_ids, attention_mask=torch.ones_like(b.prompt_ids), use_cache=True,
                        **cache_kwarg(decoder, cache))
     for layer in cache.layers:  # one prompt, K continuations: views, no copies

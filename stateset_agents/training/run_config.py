@@ -173,7 +173,7 @@ class PolicyConfig(RunConfig):
     """``bf16``: the training forward and backward run under ``torch.autocast`` in bfloat16 (weights, gradients and
     AdamW state stay fp32; log-probs and the loss in fp32). On this project's CPU (AMX) a LoRA forward and backward
     ran 1.8-2.3x faster (benchmarks/RESULTS.md, "Training throughput"; needs AMX or AVX512-BF16: on an AVX2-only
-    CPU torch emulates bf16 and an update is over 10x slower than in fp32). ``auto``: ``bf16`` where the device
+    CPU torch emulates bf16, many times slower than fp32; docs/training.md, "The recipe"). ``auto``: ``bf16`` where the device
     computes it natively, else ``no`` (resolved when the config is loaded, like ``rollout_precision``). The trainer's
     log-probs then differ from an fp32 sampler's by bf16 rounding: GRPO's ``mismatch/*`` metrics measure it and ``tis_cap`` corrects it."""
     gradient_checkpointing: bool = False
