@@ -14,6 +14,16 @@ is preceded by a warm-up at the same batch size. Reported per (method, batch siz
 range over repeats) and the mean decode-step time (seconds / 64 steps, prefill included).
 
   .venv/bin/python benchmarks/rollout_throughput.py [--repeats 2] [--batch-sizes 1,4,8,16,32] [--json out.json]
+
+--workload multiturn is the demo's real rollout instead: the first --scenarios customer_service train scenarios x
+--group episodes (default 4 x 4 = 16, the demo's step), at most 6 agent turns of at most 80 new tokens, the compact
+tool prompt, the scripted user and the tools in process, replies ending at EOS, greedy by default (so every method
+plays the same episodes; each run prints a hash of all completion ids to show it). Methods: engine, engine_hf
+(continuous batching, prefix and conversation caches) and generate (transformers `generate` driven the usual way
+for such a workload: turn-synchronous static batches of whatever turns are waiting, left-padded). Reported: wall
+time of the whole rollout, new tokens/s and turns/s (median and range over repeats), peak RSS, engine cache stats.
+
+  .venv/bin/python benchmarks/rollout_throughput.py --workload multiturn [--methods engine,engine_hf,generate]
 """
 
 from __future__ import annotations
@@ -123,18 +133,243 @@ def run_generate(batch_sizes: list[int]) -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- multi-turn workload
+# The demo's real rollout: customer_service episodes with the compact tool prompt (a ~290-token system message),
+# at most 6 agent turns of at most 80 new tokens, the scripted user and the tools in the same process. Episodes
+# end at different turns and replies end at EOS, so requests arrive and finish at different times. `generate`
+# has no engine: the usual way to drive it on such a workload is turn-synchronous static batching, which
+# GenerateBatcher does (collect the turns that are waiting, left-pad them, one `generate` call, repeat).
+
+MT_ENV, MT_MAX_TURNS, MT_NEW_TOKENS, MT_CONTEXT = "customer_service", 6, 80, 1024
+
+
+class GenerateBatcher:
+    """A ChatModel over transformers `generate`: concurrent chat() calls wait up to ``window_s`` for one another
+    and are generated as one left-padded batch; each row's reply ends at its first EOS (greedy or sampled)."""
+
+    def __init__(self, path, max_batch_size: int = 32, window_s: float = 0.02) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        gen_eos = self.model.generation_config.eos_token_id
+        self.eos = sorted(set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) | {self.tokenizer.eos_token_id})
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
+        self.max_batch_size, self.window_s = max_batch_size, window_s
+        self.loop = self.queue = self.worker = None
+        self.calls = 0  # generate() calls
+        self.padded_positions = 0  # prompt positions that were padding
+
+    def prompt_ids(self, messages, tools=None):  # the same template call as HFChatModel.prompt_ids
+        from stateset_agents.models.hf import _template_message
+
+        kw = {"tools": tools} if tools else {}
+        out = self.tokenizer.apply_chat_template([_template_message(m) for m in messages],
+                                                 add_generation_prompt=True, tokenize=True, **kw)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    async def chat(self, messages, *, sampling, tools=None):
+        import asyncio
+
+        from stateset_agents.toolcalls import parse_message
+        from stateset_agents.types import Completion, ToolCall
+
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # each asyncio.run() is a new loop: a queue and a worker of its own
+            self.loop, self.queue = loop, asyncio.Queue()
+            self.worker = loop.create_task(self._run())
+        prompt = self.prompt_ids(messages, tools)
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((prompt, sampling, fut))
+        ids = await fut
+        text = self.tokenizer.decode([t for t in ids if t not in self.eos], skip_special_tokens=False)
+        ended = bool(ids) and ids[-1] in self.eos
+        parsed = parse_message(text)
+        calls = [ToolCall(id=f"call_{i + 1}", name=c.name, arguments=c.arguments)
+                 for i, c in enumerate(parsed.calls) if c.error is None and c.name and isinstance(c.arguments, dict)]
+        finish = ("tool_calls" if calls else "stop") if ended else "length"
+        return Completion(text=text, tool_calls=calls, finish_reason=finish,
+                          prompt_ids=prompt, completion_ids=ids, model="generate",
+                          usage={"prompt_tokens": len(prompt), "completion_tokens": len(ids)})
+
+    async def _run(self) -> None:
+        import asyncio
+
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.max_batch_size:  # gather the turns that arrive together
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), self.window_s))
+                except TimeoutError:
+                    break
+            try:
+                outs = await asyncio.to_thread(self._generate, [b[0] for b in batch], batch[0][1])
+            except Exception as e:  # noqa: BLE001 - handed to every waiting chat() call
+                for _, _, fut in batch:
+                    fut.set_exception(e)
+                continue
+            for (_, _, fut), ids in zip(batch, outs, strict=True):
+                fut.set_result(ids)
+
+    def _generate(self, prompts, sampling):
+        import torch
+
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        self.calls += 1
+        self.padded_positions += int((mask == 0).sum())
+        kw = {"do_sample": False} if sampling.temperature == 0 else {
+            "do_sample": True, "temperature": sampling.temperature, "top_p": 1.0, "top_k": 0}
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
+                                      eos_token_id=self.eos, pad_token_id=self.pad, **kw)
+        rows = []
+        for row in out[:, width:].tolist():
+            end = next((i for i, t in enumerate(row) if t in self.eos), None)
+            rows.append(row if end is None else row[:end + 1])
+        return rows
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.cancel()
+
+
+def _multiturn(model, scenarios: int, group: int, temperature: float, repeat: int) -> dict:
+    import asyncio
+    import hashlib
+
+    from stateset_agents import SamplingParams
+    from stateset_agents.evaluation import load_domain
+    from stateset_agents.rollout import rollout
+
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=MT_NEW_TOKENS)
+    dom = load_domain(MT_ENV, split="train", limit=scenarios, max_turns=MT_MAX_TURNS, model=model,
+                      sampling=sampling, tool_prompt="compact", context_tokens=MT_CONTEXT)
+
+    async def go(seed: int):
+        return await rollout(dom.agent, dom.env_factory, dom.scenarios, group, concurrency=64, seed=seed,
+                             progress=False)
+
+    async def warm():
+        return await rollout(dom.agent, dom.env_factory, dom.scenarios[:1], 2, seed=10_000, progress=False)
+
+    # warm-up on other episodes (other user seeds): allocator, kernels, the decode snapshot
+    asyncio.run(warm())
+    out = {}
+    for r in range(repeat):
+        t = time.perf_counter()
+        groups = asyncio.run(go(r))
+        secs = time.perf_counter() - t
+        trajs = [tr for g in groups for tr in g.trajectories]
+        comps = [c for tr in trajs for c in tr.completions]
+        sig = hashlib.sha256(repr([c.completion_ids for c in comps]).encode()).hexdigest()[:16]
+        out[str(r)] = {"seconds": secs, "episodes": len(trajs), "turns": len(comps),
+                       "new_tokens": sum(len(c.completion_ids or []) for c in comps),
+                       "prompt_tokens": sum(c.usage.get("prompt_tokens", 0) for c in comps),
+                       "errors": sum(1 for tr in trajs if tr.error), "transcripts_sha": sig}
+    return out
+
+
+def run_multiturn(method: str, scenarios: int, group: int, temperature: float, repeat: int) -> dict:
+    from stateset_agents.models import default_model
+    from stateset_agents.models.default import default_model_path
+
+    batch = scenarios * group
+    if method == "generate":
+        model = GenerateBatcher(default_model_path(), max_batch_size=batch)
+        res = _multiturn(model, scenarios, group, temperature, repeat)
+        res["decode_path"] = "transformers generate, turn-synchronous batches"
+        res["generate_calls"], res["padded_positions"] = model.calls, model.padded_positions
+    else:
+        model = default_model(max_batch_size=batch, fast_decode=method != "engine_hf")
+        res = _multiturn(model, scenarios, group, temperature, repeat)
+        st = model.engine.stats
+        res["decode_path"] = st.decode_path
+        res["engine_stats"] = {k: v for k, v in vars(st).items() if isinstance(v, int | float | str)}
+    model.close()
+    return res
+
+
 METHODS = {"engine": run_engine, "engine_int8": run_engine_int8, "engine_hf": run_engine_hf,
            "generate": run_generate}
 
 
+def main_multiturn(args) -> None:
+    methods = args.methods.split(",")
+    bad = [m for m in methods if m not in MT_METHODS]
+    if bad:
+        raise SystemExit(f"--methods {','.join(bad)}: not a multiturn method; choose from {','.join(MT_METHODS)}")
+    mt = ["--workload", "multiturn", "--scenarios", str(args.scenarios), "--group", str(args.group),
+          "--temperature", str(args.temperature)]
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for rep in range(args.repeats):
+        order = methods if rep % 2 == 0 else methods[::-1]
+        for name in order:
+            out = subprocess.run([sys.executable, __file__, "--only", name, *mt], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            runs[name].append(r)
+            m = r["0"]
+            print(f"repeat {rep} {name:9s} {m['seconds']:7.1f} s  {m['episodes']} episodes  {m['turns']} turns  "
+                  f"{m['new_tokens'] / m['seconds']:6.1f} new tok/s  transcripts {m['transcripts_sha']}", flush=True)
+    results: dict[str, dict] = {}
+    for name, rs in runs.items():
+        secs = [r["0"]["seconds"] for r in rs]
+        tps = [r["0"]["new_tokens"] / r["0"]["seconds"] for r in rs]
+        tuns = [r["0"]["turns"] / r["0"]["seconds"] for r in rs]
+        results[name] = {"decode_path": rs[0]["decode_path"], "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                         "seconds_median": statistics.median(secs), "seconds_range": [min(secs), max(secs)],
+                         "new_tokens_per_s_median": statistics.median(tps), "new_tokens_per_s_range": [min(tps), max(tps)],
+                         "turns_per_s_median": statistics.median(tuns), "runs": rs}
+    ratios = {}
+    if "generate" in results:
+        for name in results:
+            if name != "generate":
+                ratios[f"{name}/generate"] = {
+                    "wall_time": results[name]["seconds_median"] / results["generate"]["seconds_median"],
+                    "new_tokens_per_s": results[name]["new_tokens_per_s_median"]
+                    / results["generate"]["new_tokens_per_s_median"]}
+    print(json.dumps({"ratios": ratios}, indent=1))
+    import torch
+
+    summary = {"workload": f"{MT_ENV} train scenarios[:{args.scenarios}] x group {args.group}, max_turns "
+                           f"{MT_MAX_TURNS}, max_new_tokens {MT_NEW_TOKENS}, temperature {args.temperature}, "
+                           "compact tool prompt, replies end at EOS",
+               "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+               "repeats": args.repeats, "results": results, "ratios": ratios}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=2)
+
+
+MT_METHODS = ("engine", "engine_hf", "generate")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=["fixed", "multiturn"], default="fixed")
+    ap.add_argument("--scenarios", type=int, default=4, help="multiturn: train scenarios (the first N)")
+    ap.add_argument("--group", type=int, default=4, help="multiturn: episodes per scenario")
+    ap.add_argument("--temperature", type=float, default=0.0, help="multiturn: 0 = greedy")
     ap.add_argument("--only", choices=list(METHODS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--batch-sizes", default="1,4,8,16,32")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.workload == "multiturn":
+        if args.only:
+            res = run_multiturn(args.only, args.scenarios, args.group, args.temperature, 1)
+            res["peak_rss_mb"] = peak_rss_mb()
+            print(json.dumps(res))
+            return
+        if args.methods == ",".join(METHODS):
+            args.methods = "engine,generate"
+        main_multiturn(args)
+        return
     bs = [int(x) for x in args.batch_sizes.split(",")]
     if args.only:
         res = METHODS[args.only](bs)
