@@ -287,6 +287,7 @@ class GenerationEngine:
                                       else f"fast-{self.precision}")
         if self._fast_reason:
             self._fast = None
+            self.stats.decode_kernel = ""
             return
         stale = self._fast is None or self._weights_changed.is_set()
         if not stale:
@@ -297,6 +298,7 @@ class GenerationEngine:
             self._fast = DecodeWeights(self.model, self.precision)
             self._fast_fingerprint = _fingerprint(self.model)
             self.stats.decode_snapshots += 1
+            self.stats.decode_kernel = self._fast.kernel
 
     def _shared_prefix(self, new: list[_Request]) -> _Prefix | None:
         """The cached prefix every new prompt extends, built anew when the prompts share a longer one with the

@@ -40,6 +40,9 @@ class EngineStats:
     decode_path: str = ""
     """Which forward runs decode steps: ``fast-native`` / ``fast-int8`` (models/fast_decode.py) or
     ``transformers`` (with the reason the fast path does not apply)."""
+    decode_kernel: str = ""
+    """The fast path's matmul: ``onednn`` (fp32 on CPU), ``linear`` (F.linear) or ``int8pack``; empty until a
+    snapshot is built or when the transformers forward runs."""
     decode_snapshots: int = 0
     """How many times the fast path's weight snapshot was (re)built."""
 

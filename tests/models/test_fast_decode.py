@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, MistralConfig, MistralForCausalLM
 
 from stateset_agents import Message, SamplingParams
@@ -65,6 +66,26 @@ def test_fast_step_matches_the_transformers_forward(tiny):
     assert torch.allclose(hf, fast, atol=1e-5), float((hf - fast).abs().max())
 
 
+def test_onednn_projections_match_f_linear_and_the_fallback(tiny, monkeypatch):
+    from stateset_agents.models import fast_decode
+
+    if not fast_decode._onednn_linear_ok():
+        pytest.skip("this torch build has no oneDNN inner product")
+    fast = DecodeWeights(tiny)
+    assert fast.kernel == "onednn"
+    g = torch.Generator().manual_seed(0)
+    lin = fast.layers[0].gate_up
+    for rows in (1, 2, 3, 4, 5, 8, 17, 33, 130):  # the skinny decode shapes and a prefill's
+        x = torch.randn(rows, lin.weight.shape[1], generator=g)
+        assert torch.allclose(lin(x), F.linear(x, lin.weight), atol=1e-5, rtol=1e-5), rows
+    monkeypatch.setattr(fast_decode, "_ONEDNN", False)  # as on a torch build without the op
+    plain = DecodeWeights(tiny)
+    assert plain.kernel == "linear"
+    _, a = _decode_both(tiny, fast)
+    _, b = _decode_both(tiny, plain)
+    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+
+
 def test_lora_decodes_through_merged_weights_without_touching_the_trained_ones(tiny):
     m = _lora(tiny)
     before = {k: v.clone() for k, v in m.state_dict().items()}
@@ -115,6 +136,7 @@ async def test_engine_rebuilds_its_snapshot_when_the_weights_change(tiny_model_p
                 p.add_(torch.randn_like(p) * 0.05)
         second = await model.chat(msgs, sampling=greedy)
         assert model.engine.stats.decode_snapshots == 2
+        assert model.engine.stats.decode_kernel in ("onednn", "linear")
         assert first.completion_ids != second.completion_ids
         # the rebuilt snapshot still matches the transformers forward on the new weights
         ids = torch.tensor([second.prompt_ids + second.completion_ids])
