@@ -129,6 +129,7 @@ class GRPOUpdate(MismatchCorrection):
     def _update(self, samples: list[Sample], trajs: list[Trajectory]) -> dict[str, Any]:
         cfg = self.config
         t0 = time.perf_counter()
+        self.policy.before_update()  # the decode snapshot and caches go: they are rebuilt from the new weights
         self.model.train()
         if self.fsdp is not None:
             self.fsdp.shard()

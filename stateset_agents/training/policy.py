@@ -188,6 +188,13 @@ class Policy:
         self.dist.all_reduce_gradients(self.params)
         return self.dist.clip_grad_norm(self.params, self.config.max_grad_norm)
 
+    def before_update(self) -> None:
+        """The weights are about to change: free the engine's decode snapshot and caches (rebuilt after the update
+        anyway) so the update's peak memory does not include them."""
+        release = getattr(self.chat_model.engine, "release_caches", None)
+        if release is not None:
+            release()
+
     def after_update(self) -> None:
         """The weights changed: drop the engine's cached prompt keys/values; whole weights again for sampling."""
         self.chat_model.engine.clear_prefix_cache()

@@ -153,6 +153,7 @@ class SFTTrainer:
         n_mb = max(self.dist.all_gather_object(len(mbs))) if self.dist.distributed else len(mbs)
         total_tokens = self.dist.all_reduce_sum([sum(s.num_completion for s in mine)])[0]
         policy = self.policy
+        policy.before_update()  # the engine's decode snapshot and caches: rebuilt from the new weights anyway
         policy.model.train()
         if policy.fsdp is not None:
             policy.fsdp.shard()

@@ -195,3 +195,27 @@ def test_prefill_through_the_snapshot_matches_transformers(tiny, lora):
                                       b.keys[mask[:, None, :, None].bool().expand_as(b.keys)], atol=1e-4)
                 assert torch.allclose(a.values, b.values, atol=1e-4) or torch.allclose(
                     a.values * mask[:, None, :, None], b.values * mask[:, None, :, None], atol=1e-4)
+
+
+async def test_release_caches_frees_the_snapshot_only_when_idle(tiny_model_path):
+    import weakref
+
+    model = HFChatModel(tiny_model_path)
+    try:
+        msgs = [Message(role="user", content="where is my order?")]
+        greedy = SamplingParams(temperature=0, max_new_tokens=8)
+        first = await model.chat(msgs, sampling=greedy)
+        eng = model.engine
+        snap = weakref.ref(eng._fast)
+        assert len(eng._seqs) > 0
+        assert eng.release_caches() is True
+        assert snap() is None and eng._prefix is None and len(eng._seqs) == 0
+        again = await model.chat(msgs, sampling=greedy)  # rebuilt from the same weights: the same reply
+        assert again.completion_ids == first.completion_ids and eng.stats.decode_snapshots == 2
+        long = asyncio.ensure_future(model.chat(msgs, sampling=SamplingParams(temperature=0, max_new_tokens=64)))
+        while eng.batch_size == 0:  # wait until it is decoding
+            await asyncio.sleep(0.001)
+        assert eng.release_caches() is False and eng._fast is not None  # in flight: nothing freed under it
+        assert len((await long).completion_ids) > 0
+    finally:
+        model.close()

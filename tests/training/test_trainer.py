@@ -387,3 +387,23 @@ def test_report_plots_a_run_without_weight_updates(tmp_path):
     rows = [{"step": i + 1, "reward": 0.4 + 0.01 * i, "reward_std": 0.1, "success_rate": 0.0} for i in range(3)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert plot_run(tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_update_runs_without_the_engines_decode_snapshot(tiny_model_path, tmp_path):
+    import weakref
+
+    trainer = make_trainer(tiny_model_path, tmp_path, max_steps=2, skip_zero_variance_groups=False)
+    engine = trainer.policy.chat_model.engine
+    seen = []
+    snapshot = lambda: None  # noqa: E731  (the first rollout's snapshot, once there is one)
+
+    def record(optimizer, args, kwargs):  # at the optimiser step: the rollout's snapshot must be gone
+        seen.append((engine._fast is None, engine._prefix is None, len(engine._seqs), snapshot()))
+
+    trainer.optimizer.register_step_pre_hook(record)
+    asyncio.run(trainer.astep())
+    assert engine.stats.decode_snapshots == 1
+    snapshot = weakref.ref(engine._fast) if engine._fast is not None else (lambda: None)
+    asyncio.run(trainer.astep())  # the second rollout rebuilds it; its update frees the first one
+    assert seen and all(s == (True, True, 0, None) for s in seen), seen
+    assert engine.stats.decode_snapshots == 2
