@@ -54,3 +54,14 @@ def test_completions_decoded_under_a_json_schema_are_refused_for_training():
     t = Trajectory(scenario_id="s1", completions=[c], reward=1.0)
     with pytest.raises(ValueError, match="decoded under a JSON schema"):
         samples_from_trajectories([t])
+
+
+def test_trim_heap_returns_freed_memory_where_glibc_runs():
+    import platform
+
+    from stateset_agents.training.policy import trim_heap
+
+    ok = trim_heap()
+    assert isinstance(ok, bool)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert ok
