@@ -1,44 +1,24 @@
 """The batching engine behind HFChatModel: concurrent requests decoded together.
 
-Requests wait in a queue. The engine loop, on one worker thread:
+Requests wait in a queue. The engine loop, on one worker thread, before every decode step admits waiting requests
+(up to ``max_batch_size`` in flight: prompts left-padded and prefilled in one forward, their KV cache merged into
+the running batch's), then runs one forward for the whole batch (left padding aligns every row's end;
+``position_ids`` per row), samples each row with its own seeded ``torch.Generator`` (a request's tokens do not
+depend on its batch-mates), finishes rows on EOS, a stop string or ``max_new_tokens`` and drops them, trimming
+cache columns that are padding in every remaining row. Streaming: ``generate(..., on_token=f)`` calls
+``f(token_id, logprob)`` on the caller's loop for every token, in order; a cancelled request leaves at the next step.
 
-1. admits waiting requests (up to ``max_batch_size`` in flight): their prompts are left-padded to a common
-   length and prefilled in one forward; their KV cache is left-padded to the running batch's length (or the
-   running batch's to theirs) and concatenated to it along the batch dimension;
-2. runs one forward for the whole batch per decode step (each row feeds its last token; a shared
-   ``cache_position`` works because left padding aligns every row's end; ``position_ids`` are per row);
-3. samples each row with its own ``torch.Generator`` (seeded by the request), so a request's tokens do not
-   depend on which others share its batch;
-4. finishes rows on EOS, a stop string or ``max_new_tokens``, resolves their futures, drops them from the
-   batch, and trims cache columns that are padding in every remaining row.
+Prefix cache: the keys and values of the longest prompt prefix shared by the new prompts and the previous
+admission's first (at least ``min_prefix_tokens``; the environment's system message) are computed once and reused;
+rows are laid out ``[prefix][padding][rest]`` with the padding masked, the same computation as a full prefill.
+Conversation cache: a finished request's keys and values are kept (``conversation_cache_tokens`` positions), and
+the next turn of its conversation is prefilled only past them (models/seq_cache.py). Both are dropped when the
+weights change (``clear_prefix_cache()`` after an update, a parameter fingerprint checked); see docs/models.md.
 
-Streaming: ``generate(..., on_token=f)`` calls ``f(token_id, logprob)`` on the caller's event loop for every
-sampled token, in order, before the request's result is set. A request whose awaiting task was cancelled (its
-future is cancelled) leaves the batch at the next step instead of decoding to ``max_new_tokens``.
+Constrained decoding: ``sampling.json_schema`` masks the row's logits by its grammar until the JSON is complete.
 
-Requests join as others finish: admission happens before every decode step.
-
-Prefix cache: the prompts of one environment all start with the same system message (strategy, instructions,
-tools: several hundred tokens), and re-prefilling it for every request and turn is most of a rollout's compute.
-The engine keeps the keys and values of one shared prefix: at each admission, the longest common prefix of the
-new prompts and of the previous admission's first prompt (at least ``min_prefix_tokens``, leaving at least one
-token per prompt) is computed once and then reused for every later prompt that starts with it; only the rest of
-each prompt is prefilled. Rows are laid out ``[prefix][padding][rest of prompt]`` with the padding masked, so
-every hidden state is the one a full prefill computes (causal attention), up to floating-point rounding. The
-cache is dropped when the weights change: ``clear_prefix_cache()`` is called by the trainer after every update,
-and a fingerprint of the parameters is checked before each reuse.
-
-Conversation cache: a finished request's keys and values are kept (up to ``conversation_cache_tokens`` positions),
-and a later prompt that extends one (the next turn of a multi-turn episode) is prefilled only past it
-(models/seq_cache.py). Dropped with the prefix cache when the weights change.
-
-Constrained decoding: a request with ``sampling.json_schema`` has its row's logits masked by its grammar
-(llguidance) before sampling, and ends when the JSON document is complete (see :mod:`.grammar`).
-
-Log-probs: for each sampled token, ``log p(token)`` under the distribution it was sampled from: the model's
-logits divided by ``temperature``, restricted to the top-p nucleus and renormalised. With ``top_p=1`` this is
-``log_softmax(logits / temperature)``. With ``temperature=0`` (greedy) the sampling distribution is a point
-mass, so the engine reports ``log_softmax(logits)`` (temperature 1, no top-p) instead.
+Log-probs: ``log p(token)`` under the distribution sampled from (logits / ``temperature``, top-p nucleus
+renormalised); with ``temperature=0`` (greedy, a point mass) ``log_softmax(logits)`` instead.
 """
 
 from __future__ import annotations
@@ -166,12 +146,9 @@ class GenerationEngine:
         self._weights_changed.set()
 
     def release_caches(self) -> bool:
-        """Free the fast path's weight snapshot, the cached prefix and the kept conversations now, if no request is
-        queued or in flight; return whether they were freed. The trainer calls this before an update: all of them
-        are rebuilt from the new weights at the next admission anyway, and the snapshot alone is 266 MiB for
-        SmolLM2 in fp32 (about 405 MiB with LoRA), memory the update's gradients and optimiser state can then use.
-        While requests run nothing is freed and they are dropped at the next admission, as with
-        :meth:`clear_prefix_cache`."""
+        """Free the decode snapshot, cached prefix and kept conversations now if no request is queued or in flight
+        (the trainer calls this before an update: they are rebuilt from the new weights anyway); return whether
+        they were freed. Otherwise they are dropped at the next admission, as with :meth:`clear_prefix_cache`."""
         self.clear_prefix_cache()
         deadline = time.perf_counter() + 1.0
         while True:
