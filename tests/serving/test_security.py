@@ -123,6 +123,10 @@ def test_a_job_process_gets_a_scrubbed_environment(sec_env, tiny_model, monkeypa
             assert len(pids) == 2, "the runner and its train command"
             for pid in pids:
                 env = _environ(pid)
+                until = time.monotonic() + 10
+                while "PATH" not in env and time.monotonic() < until:  # caught between fork and exec: wait for it
+                    time.sleep(0.05)
+                    env = _environ(pid)
                 for secret in ("STATESET_API_KEY", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
                     assert secret not in env, f"{secret} reached the job's process {pid}"
                 assert "the-servers-own-key-123" not in "".join(env.values())
