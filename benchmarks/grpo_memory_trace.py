@@ -3,7 +3,9 @@
 A thread samples the process's resident memory every 5 ms; the trainer's update and micro-steps are wrapped to label
 the phase. Prints the peak per phase over 3 steps (rolloutN, updateN, fwdbwdN, optimN), in MB.
 
-  .venv/bin/python benchmarks/grpo_memory_trace.py [full|lora]
+  .venv/bin/python benchmarks/grpo_memory_trace.py [full|lora] [--no-trim]
+
+--no-trim turns the trainer's heap trim (training/policy.py ``trim_heap``) off, to see what it saves.
 """
 
 from __future__ import annotations
@@ -46,9 +48,15 @@ def main() -> None:
     from stateset_agents.training.build import make_env_factory
     from stateset_agents.training.trainer import GRPOTrainer
 
-    setting = sys.argv[1] if len(sys.argv) > 1 else "full"
+    args = sys.argv[1:]
+    trim = "--no-trim" not in args
+    setting = next((x for x in args if x != "--no-trim"), "full")
     if setting not in ("full", "lora"):
         sys.exit(f"setting {setting!r} is not 'full' or 'lora'")
+    if not trim:
+        import stateset_agents.training.policy as policy
+
+        policy.trim_heap = lambda: False
     threading.Thread(target=sampler, daemon=True).start()
     tmp = Path(tempfile.mkdtemp())
     pack, path = g.write_pack(tmp / "pack"), g.model_path()
@@ -94,8 +102,10 @@ def main() -> None:
     asyncio.run(go())
     time.sleep(0.05)
     model.close()
+    print(f"{setting}, heap trim {'on' if trim else 'off'}; peak RSS per phase (MB):")
     for k, v in peak.items():
         print(k, round(v))
+    print("peak", round(max(peak.values())))
 
 
 if __name__ == "__main__":

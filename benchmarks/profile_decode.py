@@ -40,6 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gemm_kernels import read_once_ms  # noqa: E402
+
 NEW_TOKENS = 64
 SECTIONS = ["decode step", "forward", "linear", "lm head", "attention", "cache update", "norm", "sampling", "finish"]
 
@@ -77,12 +79,10 @@ def _instrument(engine, timers: _Timers) -> None:
     from stateset_agents.models import engine as engine_mod
     from stateset_agents.models import fast_decode, kv_cache
 
-    fast = engine._fast
     engine._decode_step = timers.wrap("decode step", engine._decode_step)
     engine._admit = timers.wrap("admit", engine._admit)
     engine_mod._sample_rows = timers.wrap("sampling", engine_mod._sample_rows)
-    sf = engine._sample_and_finish
-    engine._sample_and_finish = timers.wrap("finish", sf)
+    engine._sample_and_finish = timers.wrap("finish", engine._sample_and_finish)
     lin_call = fast_decode._Linear.__call__
     fast_decode._Linear.__call__ = timers.wrap(
         "linear", lin_call, pick=lambda a: "lm head" if engine._fast is not None and a[0] is engine._fast.lm_head
@@ -91,7 +91,6 @@ def _instrument(engine, timers: _Timers) -> None:
     fast_decode.DecodeWeights._norm = timers.wrap("norm", fast_decode.DecodeWeights._norm)
     fast_decode.F = _FProxy(F, timers.wrap("attention", F.scaled_dot_product_attention))
     kv_cache._BufferedLayer.update = timers.wrap("cache update", kv_cache._BufferedLayer.update)
-    assert fast is None or fast is engine._fast
 
 
 class _FProxy:
@@ -185,6 +184,8 @@ def run_generate(model, b: int) -> dict:
 
 
 def torch_profile(model, b: int) -> str:
+    """torch.profiler's op table over the decode steps of one run at batch ``b`` (profiling starts at the first
+    decode step, so the admission prefill is left out)."""
     from torch.profiler import ProfilerActivity, profile
 
     eng = model.engine
@@ -192,30 +193,15 @@ def torch_profile(model, b: int) -> str:
     prof = profile(activities=[ProfilerActivity.CPU])
 
     def step():
-        prof.start() if not getattr(step, "on", False) else None
-        step.on = True
+        if prof.profiler is None:
+            prof.start()
         plain()
-    reqs_done = []
-    _drive(model, b)
+    _drive(model, b)  # warm-up
     eng._decode_step = step
-    reqs_done.append(_drive(model, b))
+    _drive(model, b)
     prof.stop()
     eng._decode_step = plain
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18)
-
-
-def _streaming_floor_ms(fast, model) -> float:
-    """Milliseconds to read every weight a decode step streams (the snapshot's projections and LM head) once,
-    best of 5: what a step costs if nothing but memory bandwidth limited it."""
-    ws = [x.weight for layer in fast.layers for x in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-    ws.append(fast.lm_head.weight)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        for w in ws:
-            w.sum()
-        best = min(best, time.perf_counter() - t)
-    return 1000 * best
 
 
 def main() -> None:
@@ -270,7 +256,9 @@ def main() -> None:
     fast_decode._ONEDNN = onednn
     eng._weights_changed.set()
 
-    floor = _streaming_floor_ms(eng._fast if eng._fast is not None else None, model)
+    fast = eng._fast  # the snapshot's projections and LM head: what a decode step streams
+    floor = read_once_ms([x.weight for layer in fast.layers for x in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+                         + [fast.lm_head.weight])
     summary: dict = {"weight_read_floor_ms": floor}
     print(f"\nsnapshot weights: {nbytes / 2**20:.0f} MiB; reading them once (Tensor.sum over each): {floor:.1f} ms")
     engines = [m for m in arms if m != "generate"]

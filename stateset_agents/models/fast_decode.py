@@ -9,8 +9,9 @@ with this module:
   peft's own ``get_delta_weight``), so a LoRA policy decodes at the cost of a plain model and its adapters are
   never merged into, or unmerged from, the trained parameters (no drift; the trainer's weights stay untouched);
 - **fused projections**: q/k/v in one matmul and gate/up in one, per layer;
-- **oneDNN matmuls** for fp32 on CPU: torch's ``mkldnn._linear_pointwise`` on the same dense weights, 1.5-1.8x
-  faster than ``F.linear`` (MKL) at 1-8 rows on a 2-core AVX2 CPU (see :func:`_onednn_linear_ok`);
+- **oneDNN matmuls** for fp32 on CPU: torch's ``mkldnn._linear_pointwise`` on the same dense weights, 1.1-1.8x
+  faster than ``F.linear`` (MKL) at 1-8 rows on a 2-core AVX2 CPU (benchmarks/gemm_kernels.py; see
+  :func:`_onednn_linear_ok`);
 - **int8 weights** (``precision="int8"``): per-output-channel symmetric int8 with torch's CPU kernel
   ``aten._weight_int8pack_mm`` (what torchao's int8 weight-only layout runs on CPU), a quarter of the fp32 bytes to
   stream. The sampling policy then differs from the trained one: the trainer measures and corrects the mismatch
@@ -85,7 +86,7 @@ def _onednn_linear_ok() -> bool:
 
     Why: for the skinny GEMMs of a decode step (1-32 rows against SmolLM2's weights) ``F.linear`` goes to MKL
     sgemm, which on the project's 2-core AVX2 CPU is up to 1.8x slower than oneDNN on the same dense weights
-    (benchmarks/profile_decode.py; at 4 rows MKL is even slower than at 8). ``mkldnn._linear_pointwise`` is the op
+    (benchmarks/gemm_kernels.py; at 4 rows MKL is even slower than at 8). ``mkldnn._linear_pointwise`` is the op
     torch's own inductor emits for CPU linear layers; it takes the plain weight, so no copy is made. Checked once
     per process; where it is missing or disagrees, the snapshot uses ``F.linear`` and ``DecodeWeights.kernel`` says so.
     """

@@ -67,8 +67,8 @@ def trim_heap() -> bool:
 
     Why: glibc keeps freed blocks in per-thread arenas, and raises its mmap threshold after large frees, so the
     rollout's buffers (allocated on the engine's thread) and the update's gradients, once freed, stay resident and
-    the next phase allocates beside them: measured on the GRPO benchmark, about 600 MB of peak RSS that held
-    nothing. Trimming between the phases costs a few milliseconds."""
+    the next phase allocates beside them (benchmarks/grpo_memory_trace.py measures the update's peak with and
+    without it). Its time cost, re-faulting the returned pages, is not measured separately."""
     global _LIBC
     if _LIBC is None:
         import ctypes
@@ -217,9 +217,7 @@ class Policy:
     def before_update(self) -> None:
         """The weights are about to change: free the engine's decode snapshot and caches (rebuilt after the update
         anyway) so the update's peak memory does not include them."""
-        release = getattr(self.chat_model.engine, "release_caches", None)
-        if release is not None:
-            release()
+        self.chat_model.engine.release_caches()
         trim_heap()
 
     def after_update(self) -> None:
