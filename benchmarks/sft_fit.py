@@ -10,13 +10,17 @@ which decision went wrong: the turn's kind (a tool call or a message: its first 
 EVERY-th: does it fit?) and for reference demonstrations of the config's ``eval_scenarios`` and VARIANTS variants of
 each (default 0), replayed now with user seeds 0 and 1 (both opening lines: does it generalise?), with the first
 diverging token of each failed turn, so a free-running failure can be traced to the turn and token where the model
-leaves the demonstration. Run it with OMP_NUM_THREADS=1 beside another torch job on a 2-core machine.
+leaves the demonstration. On the held-out ones it also lets the model write each turn itself (greedy, from the
+demonstrated history) and reports whether it calls a tool when the demonstration does and which tool it calls
+first: the fair comparison between demonstrations with and without reference ``note``s. Run it with
+OMP_NUM_THREADS=1 beside another torch job on a 2-core machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -53,7 +57,7 @@ def turn_fit(model: Any, tokenizer: Any, trajs: list[Trajectory]) -> dict[str, A
         ok = pred == target
         token_acc.append(float(ok.float().mean()))
         by_turn[s.turn_index].append(bool(ok.all()))
-        is_call = tokenizer.decode(target).startswith("<tool_call>")
+        is_call = "<tool_call>" in tokenizer.decode(target)  # a noted call opens with its note's first token
         # a call must open with the call's own first token; a message with anything that does not open a tag
         kind.append(bool(ok[0]) if is_call else not tokenizer.decode([int(pred[0])]).startswith("<"))
         if is_call:
@@ -72,6 +76,42 @@ def turn_fit(model: Any, tokenizer: Any, trajs: list[Trajectory]) -> dict[str, A
             "token_accuracy": sum(token_acc) / max(1, len(token_acc)),
             "episodes_all_turns_reproduced": f"{len(trajs) - len(failed_traj)}/{len(trajs)}",
             "first_divergences": misses}
+
+
+_NAME = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"([^"]*)"')
+
+
+@torch.no_grad()
+def free_decisions(model: Any, tokenizer: Any, trajs: list[Trajectory], max_new: int = 72) -> dict[str, Any]:
+    """What the model does at each demonstrated agent turn when it writes the turn itself (greedy, from the
+    demonstrated history): whether it calls a tool exactly when the demonstration does, and which tool it calls
+    first. Unlike the teacher-forced tool check, a turn that reasons in words before its call (a reference
+    ``note``) is measured on the tool it goes on to call, not on the demonstrated words."""
+    samples = samples_from_trajectories(trajs, need_logprobs=False)
+    eos = tokenizer.eos_token_id
+    kind, tool = [], []
+    confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for s in samples:
+        cs = s.completion_start
+        want = _NAME.search(tokenizer.decode(s.input_ids[cs:]))
+        out = model(torch.tensor([s.input_ids[:cs]]), use_cache=True)
+        past, nxt, written = out.past_key_values, int(out.logits[0, -1].argmax()), []
+        got = None
+        while len(written) < max_new and nxt != eos:
+            written.append(nxt)
+            text = tokenizer.decode(written)
+            got = _NAME.search(text)
+            if got and text.endswith('"') and text.count('"') >= 4:
+                break
+            out = model(torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
+        called = got.group(1) if got else None
+        kind.append((called is None) == (want is None))
+        if want is not None:
+            tool.append(called == want.group(1))
+            confusion[want.group(1)][called or "<message>"] += 1
+    return {"free_kind_right": f"{sum(kind)}/{len(kind)}", "free_tool_right": f"{sum(tool)}/{len(tool)}",
+            "free_tool_confusion": {k: dict(v) for k, v in sorted(confusion.items())}}
 
 
 def _name_span(tokenizer: Any, ids: list[int]) -> tuple[int, int]:
@@ -95,16 +135,20 @@ def main(argv: list[str]) -> None:
            for x in (run_dir / "demonstrations.jsonl").read_text(encoding="utf-8").splitlines() if x]
     own = own[::every]  # a sample of them (every scenario's variants are consecutive)
     held_ids = [v for sid in eval_scenarios for v in [sid] + [f"{sid}{SEP}{i}" for i in range(1, variants + 1)]]
-    held, _ = asyncio.run(reference_demonstrations(agent, pack, held_ids, 2, prompt=cfg.tool_prompt))
+    notes = getattr(getattr(cfg, "demonstrations", None), "notes", True)
+    held, _ = asyncio.run(reference_demonstrations(agent, pack, held_ids, 2, prompt=cfg.tool_prompt, notes=notes))
     result = {"run": str(run_dir), "config": cfg_path,
               "own_demonstrations": turn_fit(model.model, model.tokenizer, own),
-              "held_out_demonstrations": turn_fit(model.model, model.tokenizer, held)}
+              "held_out_demonstrations": {**turn_fit(model.model, model.tokenizer, held),
+                                          **free_decisions(model.model, model.tokenizer, held)}}
     out.write_text(json.dumps(result, indent=1))
     for k in ("own_demonstrations", "held_out_demonstrations"):
         r = result[k]
         print(f"{k}: turns reproduced {r['turns_reproduced']}/{r['turns']} by turn {r['by_turn_index']}, "
               f"kind right {r['turn_kind_right']}, tool right {r['tool_right']}, "
-              f"token accuracy {r['token_accuracy']:.3f}, episodes {r['episodes_all_turns_reproduced']}")
+              f"token accuracy {r['token_accuracy']:.3f}, episodes {r['episodes_all_turns_reproduced']}"
+              + (f"; written freely: kind right {r['free_kind_right']}, tool right {r['free_tool_right']}"
+                 if "free_tool_right" in r else ""))
 
 
 if __name__ == "__main__":

@@ -185,11 +185,18 @@ class ReferenceStep(_Strict):
     tool: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     say: str | None = None
+    note: str | None = None
+    """With ``tool``: what the agent writes in the same turn before the call, its reason in plain words ("It
+    hasn't shipped yet, so I'll cancel it."). Judged like any agent text (claims, forbidden statements); the user
+    does not see it. Demonstrations keep it unless ``demonstrations.notes: false``."""
 
     @model_validator(mode="after")
     def _one(self) -> ReferenceStep:
         if (self.tool is None) == (self.say is None):
             raise ValueError("a reference step has exactly one of `tool` or `say`")
+        if self.note is not None and self.tool is None:
+            raise ValueError("`note` goes with a `tool` step (the reason written before the call); "
+                             "a `say` step is already text")
         return self
 
 

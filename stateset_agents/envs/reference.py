@@ -11,9 +11,17 @@ from .pack import EnvPack, Scenario
 __all__ = ["reference_actions", "replay_reference"]
 
 
-def reference_actions(scenario: Scenario) -> list[str]:
-    """The agent messages of the reference solution, one per step, in the documented tool-call format."""
-    return [format_tool_call(s.tool, s.args) if s.tool is not None else (s.say or "") for s in scenario.reference]
+def reference_actions(scenario: Scenario, *, notes: bool = True) -> list[str]:
+    """The agent messages of the reference solution, one per step, in the documented tool-call format; a tool
+    step's ``note`` (with ``notes``) comes first, on its own line, as an agent's history renders it."""
+    out = []
+    for s in scenario.reference:
+        if s.tool is None:
+            out.append(s.say or "")
+            continue
+        call = format_tool_call(s.tool, s.args)
+        out.append(f"{s.note}\n{call}" if notes and s.note else call)
+    return out
 
 
 async def replay_reference(pack: EnvPack, scenario: Scenario, *, seed: int = 0) -> dict[str, Any]:

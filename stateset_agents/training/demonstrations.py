@@ -81,16 +81,17 @@ def _require(kept: int, needed: int, what: str, fix: str) -> None:
 
 
 async def reference_demonstrations(agent: Any, pack: Any, scenarios: Sequence[str], seeds: int,
-                                   min_success: int = 1, prompt: str = "full"
+                                   min_success: int = 1, prompt: str = "full", notes: bool = True
                                    ) -> tuple[list[Trajectory], dict[str, Any]]:
-    """Replay each scenario's reference once per seed (envs opened with ``prompt``); keep the successes."""
+    """Replay each scenario's reference once per seed (envs opened with ``prompt``; each tool step's ``note``
+    written before its call with ``notes``); keep the successes."""
     from ..envs import ConversationEnv
 
     kept: list[Trajectory] = []
     failed: list[str] = []
     for sid in scenarios:
         scenario = pack.scenario(sid)
-        actions = [*reference_actions(scenario), CLOSING]
+        actions = [*reference_actions(scenario, notes=notes), CLOSING]
         for seed in range(seeds):
             env = ConversationEnv(pack, scenario=sid, split="all", prompt=prompt,
                                   max_turns=max(pack.max_turns, len(scenario.reference) + 1))

@@ -126,7 +126,7 @@ class SFTTrainer:
         demo = self.config.demonstrations
         if demo.source == "reference":
             return await reference_demonstrations(self.agent, self.pack, self.scenarios, demo.seeds,
-                                                  demo.min_success, prompt=self.config.tool_prompt)
+                                                  demo.min_success, prompt=self.config.tool_prompt, notes=demo.notes)
         if demo.source == "rollouts":
             return await rollout_demonstrations(self.agent, self.env_factory, self.scenarios, demo.k,
                                                 seed=step_seed(self.config.seed, 0, "rft"),

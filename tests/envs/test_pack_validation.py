@@ -193,3 +193,27 @@ def test_cli_audit_fails_a_gameable_pack(pack_dir, capsys):
     assert main(["envs", "audit", str(pack_dir), "--seeds", "0"]) == 1
     out = capsys.readouterr().out
     assert "recite_facts" in out and "FAIL" in out and "FAILS its audit" in out
+
+
+def test_a_note_goes_only_with_a_tool_step(pack_dir):
+    def note_on_say(s):
+        s["reference"][0]["note"] = "Why I say this."
+    _edit(pack_dir, note_on_say)
+    with pytest.raises(PackError, match=r"`note` goes with a `tool` step"):
+        load_pack(pack_dir)
+
+
+def test_a_note_is_judged_like_any_agent_text(pack_dir, capsys):
+    # cs-refund-damaged-002: lookup_order, then issue_refund; the order is never cancelled. A note claiming it
+    # was is a false claim (claims are checked against the database at the end): the reference no longer
+    # succeeds, and `envs validate` says so. The user never sees a note; the judge reads it.
+    def false_note(s):
+        s["reference"][1]["note"] = "Your order is cancelled."
+    _edit(pack_dir, false_note)
+    pack = load_pack(pack_dir)
+    from stateset_agents.envs.reference import reference_actions
+    acts = reference_actions(pack.scenario("cs-refund-damaged-002"))
+    assert acts[1].startswith("Your order is cancelled.\n<tool_call>")
+    assert not reference_actions(pack.scenario("cs-refund-damaged-002"), notes=False)[1].startswith("Your")
+    assert main(["envs", "validate", str(pack_dir)]) == 1
+    assert "FAIL cs-refund-damaged-002" in capsys.readouterr().out

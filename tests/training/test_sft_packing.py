@@ -72,3 +72,29 @@ def test_bf16_mixed_precision_trains_with_fp32_log_probs(tiny_model_path, tmp_pa
     assert logp.dtype == torch.float32 and torch.isfinite(logp).all()
     assert all(p.dtype == torch.float32 for p in policy.params)
     assert summary["steps"] == 2
+
+
+def test_a_reference_note_is_written_before_its_call_in_the_same_turn(tiny_model_path):
+    # A tool step's note is the agent's reason, written in the same turn before the call: the demonstrated turn is
+    # "note\n<tool_call>...", the call still runs, the turn count is unchanged, the next turn's prompt renders the
+    # history exactly as the agent wrote it (so the demonstration still packs into one sequence), and
+    # `notes: false` demonstrates the bare calls.
+    pack = load_pack("customer_service")
+    s = pack.scenario("cs-return-start-016")
+    ref = [st.model_copy(update={"note": f"Step {i} is next."}) if st.tool else st for i, st in enumerate(s.reference)]
+    s = s.model_copy(update={"reference": ref})
+    pack = pack.model_copy(update={"scenarios": [x if x.id != s.id else s for x in pack.scenarios]})
+    agent = MultiTurnAgent(HFChatModel(tiny_model_path), domain=None, context_tokens=4096)
+    (with_notes,), _ = asyncio.run(reference_demonstrations(agent, pack, [s.id], seeds=1))
+    (bare,), _ = asyncio.run(reference_demonstrations(agent, pack, [s.id], seeds=1, notes=False))
+    assert with_notes.outcome["success"] and bare.outcome["success"]
+    calls = [c for c in with_notes.completions if c.tool_calls]
+    assert [c.text.split("\n")[0] for c in calls] == ["Step 1 is next.", "Step 2 is next."]
+    assert all(c.text.split("\n", 1)[1].startswith("<tool_call>") for c in calls)
+    assert [c.tool_calls[0].name for c in calls] == ["lookup_order", "create_return"]
+    assert len(with_notes.completions) == len(bare.completions)
+    assert not any("Step" in c.text for c in bare.completions)
+    for trajs in ([with_notes], [bare]):
+        turns = samples_from_trajectories(trajs, need_logprobs=False)
+        packed = pack_turns(turns)
+        assert len(packed) == 1 and packed[0].num_completion == sum(t.num_completion for t in turns)
