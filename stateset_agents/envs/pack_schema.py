@@ -188,7 +188,7 @@ class ReferenceStep(_Strict):
     note: str | None = None
     """With ``tool``: what the agent writes in the same turn before the call, its reason in plain words ("It
     hasn't shipped yet, so I'll cancel it."). Judged like any agent text (claims, forbidden statements); the user
-    does not see it. Demonstrations keep it unless ``demonstrations.notes: false``."""
+    does not see it. SFT demonstrations include it with ``demonstrations.notes: true``."""
 
     @model_validator(mode="after")
     def _one(self) -> ReferenceStep:
