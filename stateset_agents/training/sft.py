@@ -34,6 +34,7 @@ from ..errors import ConfigError
 from ..types import Trajectory
 from .batch import Sample, pack_turns, samples_from_trajectories
 from .checkpoint import write_json_atomic
+from .decisions import mark_decisions
 from .dist import DistContext
 from .evaluate import evaluate_run
 from .grpo_mismatch import set_rollout_precision
@@ -107,6 +108,7 @@ class SFTTrainer:
             samples = pack_turns(samples)
         long = [s for s in samples if len(s.input_ids) > self.config.max_sample_tokens]
         self.samples = [s for s in samples if len(s.input_ids) <= self.config.max_sample_tokens]
+        mark_decisions(self.samples, self.policy.tokenizer)
         if not self.samples:
             raise ConfigError(f"no demonstrated agent turn fits max_sample_tokens={self.config.max_sample_tokens} "
                               f"(longest {max(len(s.input_ids) for s in samples)} tokens); raise it or lower "
@@ -151,23 +153,30 @@ class SFTTrainer:
         mine = self.dist.shard(self.batch(self.step))
         mbs = _micro_batches(mine, self.config.micro_batch_size)
         n_mb = max(self.dist.all_gather_object(len(mbs))) if self.dist.distributed else len(mbs)
-        total_tokens = self.dist.all_reduce_sum([sum(s.num_completion for s in mine)])[0]
+        w_dec = self.config.decision_weight
+        n_dec = sum(sum(s.extra["decision"]) for s in mine)
+        n_tok = sum(s.num_completion for s in mine)
+        total_tokens, total_dec = self.dist.all_reduce_sum([n_tok, n_dec])
+        total_weight = total_tokens + (w_dec - 1.0) * total_dec  # the weighted mean's denominator
         policy = self.policy
         policy.before_update()  # the engine's decode snapshot and caches: rebuilt from the new weights anyway
         policy.model.train()
         if policy.fsdp is not None:
             policy.fsdp.shard()
         self.optimizer.zero_grad(set_to_none=True)
-        nll = 0.0
+        nll = dec_nll = 0.0
         for j in range(n_mb):
             if j >= len(mbs):
                 policy.fsdp.idle_pass(1.0, self.config.logprob_chunk_size)  # every process joins every collective
                 continue
             b = policy.collate(mbs[j])
             _, logp, _ = policy.logprobs(b, temperature=1.0)
-            loss = -logp.sum() / max(total_tokens, 1.0)
+            dec = torch.tensor([f for s in mbs[j] for f in s.extra["decision"]], device=logp.device)
+            weights = torch.where(dec, w_dec, 1.0)
+            loss = -(weights * logp).sum() / max(total_weight, 1.0)
             loss.backward()
             nll += float(-logp.detach().sum())
+            dec_nll += float(-logp.detach()[dec].sum())
             await asyncio.sleep(0)  # let the display refresh
         grad_norm = policy.reduce_and_clip()
         self.optimizer.step()
@@ -176,9 +185,10 @@ class SFTTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         policy.model.eval()
         policy.after_update()
-        nll_all = self.dist.all_reduce_sum([nll])[0]
+        nll_all, dec_all = self.dist.all_reduce_sum([nll, dec_nll])
         self.step += 1
-        return {"loss": nll_all / max(total_tokens, 1.0), "tokens": int(total_tokens), "samples": len(mine),
+        return {"loss": nll_all / max(total_tokens, 1.0), "decision_nll": dec_all / max(total_dec, 1.0),
+                "tokens": int(total_tokens), "decision_tokens": int(total_dec), "samples": len(mine),
                 "grad_norm": grad_norm, "lr": lr, "epoch": (self.step - 1) // self.steps_per_epoch + 1,
                 "demonstrations": self.demo_stats.get("kept"), "time/update": time.perf_counter() - t0}
 

@@ -66,6 +66,11 @@ class SFTConfig(PolicyConfig):
     """One sequence per demonstration, every agent turn under the loss, wherever each turn's prompt extends the
     previous turn (training/batch.pack_turns): the same loss as separate turns for about a third of the tokens.
     A ``batch_size`` then counts sequences (conversations), not turns."""
+    decision_weight: float = Field(default=1.0, ge=1.0)
+    """Loss weight of each agent turn's decision tokens (its first token, which makes it a message or a tool call,
+    and the called tool's name: training/decisions.py) relative to its other tokens; 1 is the plain mean NLL. The
+    loss is then the weighted mean; the logged ``loss`` stays the plain per-token NLL, ``decision_nll`` the NLL of
+    the decision tokens alone."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SFTConfig:

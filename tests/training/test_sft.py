@@ -219,3 +219,57 @@ def test_every_example_config_loads():
     algorithms = {load_config(f).algorithm for f in examples if f not in recipes}
     assert {"sft", "grpo", "training_free"} <= algorithms
     assert recipes and all(len(load_recipe(f)[1]) >= 2 for f in recipes)
+
+
+# ---------------------------------------------------------------- decision weighting
+def test_decision_mask_marks_the_turns_first_token_and_every_called_tools_name(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    from stateset_agents.training.decisions import decision_mask
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    text = ('Checking now.<tool_call>{"name": "lookup_order", "arguments": {"order_id": "ORD-1"}}</tool_call>'
+            '<tool_call>{"name": "issue_refund", "arguments": {}}</tool_call>')
+    ids = tok.encode(text, add_special_tokens=False)
+    mask = decision_mask(tok, ids)
+    assert len(mask) == len(ids) and mask[0]
+    marked = [tok.decode([t]) for t, m in zip(ids, mask, strict=True) if m][1:]
+    joined = "".join(marked)
+    assert "lookup_order" in joined and "issue_refund" in joined
+    # nothing but the names (and the tokens they share characters with) is marked: no arguments, no tags
+    assert "ORD" not in joined and "arguments" not in joined and "tool_call" not in joined
+    plain = tok.encode("Your order is on its way.", add_special_tokens=False)
+    assert decision_mask(tok, plain) == [True] + [False] * (len(plain) - 1)  # a message: only its first token
+    assert decision_mask(tok, []) == []
+
+
+def test_decision_weight_trains_on_the_weighted_mean_and_logs_the_plain_nll(tiny_model_path, tmp_path):
+    """One update with decision_weight 4: its gradient norm is that of -(w * logp).sum() / w.sum() on the same
+    batch (w = 4 on decision tokens, 1 elsewhere), the logged loss is the plain per-token NLL and decision_nll the
+    NLL of the decision tokens; weight 1 is the plain mean."""
+    from stateset_agents.training.sft import _micro_batches
+
+    for w in (1.0, 4.0):
+        trainer = make_sft(tiny_model_path, tmp_path / str(w), decision_weight=w, max_grad_norm=1e9)
+        asyncio.run(trainer.prepare())
+        policy = trainer.policy
+        samples = trainer.batch(0)
+        policy.model.train()
+        logps, flags = [], []
+        for mb in _micro_batches(samples, trainer.config.micro_batch_size):
+            logps.append(policy.logprobs(policy.collate(mb), temperature=1.0)[1])
+            flags.extend(f for s in mb for f in s.extra["decision"])
+        logp, dec = torch.cat(logps), torch.tensor(flags)
+        assert 0 < int(dec.sum()) < len(dec)
+        weight = torch.where(dec, w, 1.0)
+        (-(weight * logp).sum() / weight.sum()).backward()
+        expected = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in policy.params if p.grad is not None))
+        logp = logp.detach()
+        policy.model.zero_grad(set_to_none=True)
+        m = asyncio.run(trainer.astep())
+        assert m["grad_norm"] == pytest.approx(float(expected), rel=1e-4)
+        assert m["loss"] == pytest.approx(float(-logp.mean()), rel=1e-4)
+        assert m["decision_nll"] == pytest.approx(float(-logp[dec].mean()), rel=1e-4)
+        assert m["decision_tokens"] == int(dec.sum())
+    with pytest.raises(ConfigError, match="decision_weight"):
+        load_config({"algorithm": "sft", "decision_weight": 0.5})
