@@ -1,16 +1,20 @@
 """Peak RSS of each phase of our GRPO step (rollout, update, forward+backward, optimiser) on grpo_vs_trl.py's workload.
 
 A thread samples the process's resident memory every 5 ms; the trainer's update and micro-steps are wrapped to label
-the phase. Prints the peak per phase over 3 steps (rolloutN, updateN, fwdbwdN, optimN), in MB.
+the phase. Prints the peak per phase over 3 steps (rolloutN, updateN, fwdbwdN, optimN), in MB, each step's wall time, and the
+seconds spent inside ``trim_heap`` itself.
 
-  .venv/bin/python benchmarks/grpo_memory_trace.py [full|lora] [--no-trim]
+  .venv/bin/python benchmarks/grpo_memory_trace.py [full|lora] [--no-trim] [--json OUT]
 
---no-trim turns the trainer's heap trim (training/policy.py ``trim_heap``) off, to see what it saves.
+--no-trim turns the trainer's heap trim (training/policy.py ``trim_heap``) off, to see what it saves; what it costs
+is the time inside the call plus the page faults of re-using returned memory later, so compare step times of runs
+with and without it, alternating (``benchmarks/trim_ab.sh``). --json writes the figures to OUT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import tempfile
 import threading
@@ -41,6 +45,7 @@ def main() -> None:
     import grpo_vs_trl as g
 
     import stateset_agents.training.grpo_update as gu
+    import stateset_agents.training.policy as policy
     from stateset_agents.agents import MultiTurnAgent
     from stateset_agents.models.hf import HFChatModel
     from stateset_agents.rewards.base import TrajectoryReward, agent_text
@@ -49,14 +54,22 @@ def main() -> None:
     from stateset_agents.training.trainer import GRPOTrainer
 
     args = sys.argv[1:]
+    out = args[args.index("--json") + 1] if "--json" in args else None
+    if out is not None:
+        del args[args.index("--json"):args.index("--json") + 2]
     trim = "--no-trim" not in args
     setting = next((x for x in args if x != "--no-trim"), "full")
     if setting not in ("full", "lora"):
         sys.exit(f"setting {setting!r} is not 'full' or 'lora'")
-    if not trim:
-        import stateset_agents.training.policy as policy
+    real_trim, trim_s = policy.trim_heap, [0.0]
 
-        policy.trim_heap = lambda: False
+    def timed_trim() -> bool:
+        t = time.perf_counter()
+        try:
+            return real_trim() if trim else False
+        finally:
+            trim_s[0] += time.perf_counter() - t
+    policy.trim_heap = timed_trim
     threading.Thread(target=sampler, daemon=True).start()
     tmp = Path(tempfile.mkdtemp())
     pack, path = g.write_pack(tmp / "pack"), g.model_path()
@@ -94,10 +107,14 @@ def main() -> None:
 
     gu.GRPOUpdate._update, gu.GRPOUpdate._micro_step = traced_update, traced_micro
 
+    step_s: list[float] = []
+
     async def go() -> None:
         for i in range(3):
             step[0], phase[0] = i, f"rollout{i}"
+            t = time.perf_counter()
             await trainer.astep()
+            step_s.append(time.perf_counter() - t)
 
     asyncio.run(go())
     time.sleep(0.05)
@@ -106,6 +123,10 @@ def main() -> None:
     for k, v in peak.items():
         print(k, round(v))
     print("peak", round(max(peak.values())))
+    print("step s", [round(x, 2) for x in step_s], "inside trim_heap s", round(trim_s[0], 3))
+    if out is not None:
+        Path(out).write_text(json.dumps({"setting": setting, "trim": trim, "peak_mb": peak, "step_s": step_s,
+                                         "trim_call_s": trim_s[0]}, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
