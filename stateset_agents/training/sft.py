@@ -108,7 +108,7 @@ class SFTTrainer:
             samples = pack_turns(samples)
         long = [s for s in samples if len(s.input_ids) > self.config.max_sample_tokens]
         self.samples = [s for s in samples if len(s.input_ids) <= self.config.max_sample_tokens]
-        mark_decisions(self.samples, self.policy.tokenizer)
+        mark_decisions(self.samples, self.policy.tokenizer, self.config.decision_weight, self.config.tool_balance)
         if not self.samples:
             raise ConfigError(f"no demonstrated agent turn fits max_sample_tokens={self.config.max_sample_tokens} "
                               f"(longest {max(len(s.input_ids) for s in samples)} tokens); raise it or lower "
@@ -153,11 +153,10 @@ class SFTTrainer:
         mine = self.dist.shard(self.batch(self.step))
         mbs = _micro_batches(mine, self.config.micro_batch_size)
         n_mb = max(self.dist.all_gather_object(len(mbs))) if self.dist.distributed else len(mbs)
-        w_dec = self.config.decision_weight
         n_dec = sum(sum(s.extra["decision"]) for s in mine)
         n_tok = sum(s.num_completion for s in mine)
-        total_tokens, total_dec = self.dist.all_reduce_sum([n_tok, n_dec])
-        total_weight = total_tokens + (w_dec - 1.0) * total_dec  # the weighted mean's denominator
+        w_sum = sum(sum(s.extra["loss_weight"]) for s in mine)
+        total_tokens, total_dec, total_weight = self.dist.all_reduce_sum([n_tok, n_dec, w_sum])
         policy = self.policy
         policy.before_update()  # the engine's decode snapshot and caches: rebuilt from the new weights anyway
         policy.model.train()
@@ -172,7 +171,7 @@ class SFTTrainer:
             b = policy.collate(mbs[j])
             _, logp, _ = policy.logprobs(b, temperature=1.0)
             dec = torch.tensor([f for s in mbs[j] for f in s.extra["decision"]], device=logp.device)
-            weights = torch.where(dec, w_dec, 1.0)
+            weights = torch.tensor([w for s in mbs[j] for w in s.extra["loss_weight"]], device=logp.device)
             loss = -(weights * logp).sum() / max(total_weight, 1.0)
             loss.backward()
             nll += float(-logp.detach().sum())

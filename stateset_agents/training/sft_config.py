@@ -71,6 +71,10 @@ class SFTConfig(PolicyConfig):
     and the called tool's name: training/decisions.py) relative to its other tokens; 1 is the plain mean NLL. The
     loss is then the weighted mean; the logged ``loss`` stays the plain per-token NLL, ``decision_nll`` the NLL of
     the decision tokens alone."""
+    tool_balance: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Weight each called tool's name tokens by ``(mean calls per tool / calls of this tool) ** tool_balance`` on top
+    of ``decision_weight`` (counted over the demonstrations): 0 leaves the frequent tools frequent, 1 gives every tool
+    the same total weight (training/decisions.py)."""
 
     @model_validator(mode="after")
     def _cross_checks(self) -> SFTConfig:

@@ -273,3 +273,33 @@ def test_decision_weight_trains_on_the_weighted_mean_and_logs_the_plain_nll(tiny
         assert m["decision_tokens"] == int(dec.sum())
     with pytest.raises(ConfigError, match="decision_weight"):
         load_config({"algorithm": "sft", "decision_weight": 0.5})
+
+
+def test_tool_balance_weights_each_tools_name_by_its_rarity(tiny_model_path):
+    """Three calls of lookup_order and one of unlock_account: with tool_balance 1 (mean 2 calls per tool) the names
+    weigh weight x 2/3 and weight x 2, the turn's first token weight, every other token 1; balance 0 gives every
+    decision token the same weight."""
+    from transformers import AutoTokenizer
+
+    from stateset_agents.training.batch import Sample
+    from stateset_agents.training.decisions import mark_decisions
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    prompt = tok.encode("Hi there.", add_special_tokens=False)
+
+    def sample(tool: str) -> Sample:
+        ids = tok.encode(f'<tool_call>{{"name": "{tool}", "arguments": {{}}}}</tool_call>', add_special_tokens=False)
+        return Sample(input_ids=prompt + ids, completion_start=len(prompt), old_logprobs=None, traj_index=0,
+                      turn_index=0, truncated=False)
+
+    samples = [sample("lookup_order") for _ in range(3)] + [sample("unlock_account")]
+    for balance, factors in ((1.0, (2 / 3, 2.0)), (0.0, (1.0, 1.0))):
+        mark_decisions(samples, tok, weight=4.0, tool_balance=balance)
+        for s, factor in zip(samples, [factors[0]] * 3 + [factors[1]], strict=True):
+            w = s.extra["loss_weight"]
+            assert len(w) == s.num_completion == len(s.extra["decision"])
+            names = [x for x in w[1:] if x != 1.0]
+            assert w[0] == 4.0 and names and names == pytest.approx([4.0 * factor] * len(names))
+            assert sum(x != 1.0 for x in w) == sum(s.extra["decision"])
+    with pytest.raises(ConfigError, match="tool_balance"):
+        load_config({"algorithm": "sft", "tool_balance": 2})
