@@ -15,7 +15,8 @@ A run (see :mod:`.demonstrations` for the sources):
    sequences longer than ``max_sample_tokens`` are left out (counted);
 3. ``epochs`` passes over the samples, each in an order seeded by ``seed`` and the epoch; one step = one optimiser
    update on ``batch_size`` samples (micro-batches of ``micro_batch_size``, prompts sharing a prefix forwarded once);
-4. metrics per step (``loss``, ``tokens``, ``grad_norm``, ``lr``, ``epoch``) under the run loop (:mod:`.loop`).
+4. metrics per step (``loss``, ``decision_nll``, ``tokens``, ``grad_norm``, ``lr``, ``epoch``) under the run loop
+   (:mod:`.loop`); ``decision_weight`` and ``tool_balance`` weight the decision tokens (:mod:`.decisions`).
 """
 
 from __future__ import annotations
