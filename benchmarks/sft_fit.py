@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -32,6 +31,7 @@ from stateset_agents.envs.variants import SEP
 from stateset_agents.training import build
 from stateset_agents.training.batch import samples_from_trajectories
 from stateset_agents.training.config import load_config
+from stateset_agents.training.decisions import TOOL_NAME_RE
 from stateset_agents.training.demonstrations import reference_demonstrations
 from stateset_agents.training.dist import DistContext
 from stateset_agents.training.scenarios import run_scenarios
@@ -78,7 +78,6 @@ def turn_fit(model: Any, tokenizer: Any, trajs: list[Trajectory]) -> dict[str, A
             "first_divergences": misses}
 
 
-_NAME = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"([^"]*)"')
 
 
 @torch.no_grad()
@@ -93,14 +92,14 @@ def free_decisions(model: Any, tokenizer: Any, trajs: list[Trajectory], max_new:
     confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for s in samples:
         cs = s.completion_start
-        want = _NAME.search(tokenizer.decode(s.input_ids[cs:]))
+        want = TOOL_NAME_RE.search(tokenizer.decode(s.input_ids[cs:]))
         out = model(torch.tensor([s.input_ids[:cs]]), use_cache=True)
         past, nxt, written = out.past_key_values, int(out.logits[0, -1].argmax()), []
         got = None
         while len(written) < max_new and nxt != eos:
             written.append(nxt)
             text = tokenizer.decode(written)
-            got = _NAME.search(text)
+            got = TOOL_NAME_RE.search(text)
             if got and text.endswith('"') and text.count('"') >= 4:
                 break
             out = model(torch.tensor([[nxt]]), past_key_values=past, use_cache=True)

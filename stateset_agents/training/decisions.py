@@ -25,9 +25,10 @@ from typing import Any
 
 from .batch import Sample
 
-__all__ = ["decision_mask", "decision_tools", "mark_decisions"]
+__all__ = ["TOOL_NAME_RE", "decision_mask", "decision_tools", "mark_decisions"]
 
-_NAME = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"([^"]*)"')
+TOOL_NAME_RE = re.compile(r'<tool_call>\s*\{\s*"name"\s*:\s*"([^"]*)"')
+"""The called tool's name (group 1) in the documented ``<tool_call>{"name": ...`` form (toolcalls.format_tool_call)."""
 
 
 def decision_tools(tokenizer: Any, completion: Sequence[int]) -> list[str | bool]:
@@ -40,7 +41,7 @@ def decision_tools(tokenizer: Any, completion: Sequence[int]) -> list[str | bool
     text = tokenizer.decode(ids)
     out: list[str | bool] = [False] * len(ids)
     out[0] = True
-    for m in _NAME.finditer(text):
+    for m in TOOL_NAME_RE.finditer(text):
         a, b = m.span(1)
         start = 0
         for j, end in enumerate(ends):
