@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -44,6 +45,8 @@ from .policy import Policy, lr_lambda
 from .rollout_log import TRAIN_TRANSCRIPTS, log_train_episodes
 from .scenarios import run_scenarios
 from .sft_config import SFTConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SFTTrainer"]
 
@@ -105,6 +108,7 @@ class SFTTrainer:
                 tmp.write_text("".join(t.model_dump_json() + "\n" for t in trajs), encoding="utf-8")
                 tmp.replace(path)
         samples = samples_from_trajectories(trajs, need_logprobs=False)
+        over = unwritable_turns(samples, self.config.max_new_tokens)
         if self.config.pack_turns:
             samples = pack_turns(samples)
         long = [s for s in samples if len(s.input_ids) > self.config.max_sample_tokens]
@@ -114,8 +118,12 @@ class SFTTrainer:
             raise ConfigError(f"no demonstrated agent turn fits max_sample_tokens={self.config.max_sample_tokens} "
                               f"(longest {max(len(s.input_ids) for s in samples)} tokens); raise it or lower "
                               "context_tokens")
-        stats.update({"samples": len(self.samples), "samples_too_long": len(long),
+        stats.update({"turns_over_max_new_tokens": len(over), "samples": len(self.samples), "samples_too_long": len(long),
                       "completion_tokens": sum(s.num_completion for s in self.samples)})
+        if over and self.dist.is_main:
+            log.warning("%d of %d demonstrated agent turns are longer than max_new_tokens=%d (longest %d tokens): the "
+                        "agent is trained on turns it cannot write when it plays; set max_new_tokens to at least %d",
+                        len(over), len(samples), self.config.max_new_tokens, max(over), max(over))
         if self.dist.is_main:
             write_json_atomic(self.run_dir / "demonstrations.json", stats)
         self.demo_stats = stats
@@ -218,3 +226,10 @@ def _micro_batches(samples: list[Sample], size: int) -> list[list[Sample]]:
     """Ordered by prompt, so a micro-batch's prompts share the longest prefixes (forwarded once)."""
     ordered = sorted(samples, key=lambda s: s.input_ids[:s.completion_start])
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def unwritable_turns(samples: list[Sample], max_new_tokens: int) -> list[int]:
+    """The completion lengths (end-of-turn token included) of the demonstrated agent turns, one sample each, that are
+    longer than ``max_new_tokens``: when the agent plays, generation stops there, so it could never write them (a
+    tool call cut off is invalid JSON)."""
+    return [s.num_completion for s in samples if s.num_completion > max_new_tokens]

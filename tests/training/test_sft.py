@@ -303,3 +303,39 @@ def test_tool_balance_weights_each_tools_name_by_its_rarity(tiny_model_path):
             assert sum(x != 1.0 for x in w) == sum(s.extra["decision"])
     with pytest.raises(ConfigError, match="tool_balance"):
         load_config({"algorithm": "sft", "tool_balance": 2})
+
+
+def test_demonstrated_turns_longer_than_max_new_tokens_are_counted_and_warned(tiny_model_path, tmp_path, caplog):
+    # The agent plays with at most max_new_tokens a turn: a demonstrated turn longer than that is one it can never
+    # write (an escalation's call cut off mid-JSON is invalid). prepare() counts them and says what to set.
+    tight = make_sft(tiny_model_path, tmp_path / "tight", max_new_tokens=4)
+    with caplog.at_level("WARNING", logger="stateset_agents.training.sft"):
+        asyncio.run(tight.prepare())
+    stats = json.loads((tmp_path / "tight" / "sft" / "demonstrations.json").read_text())
+    assert stats["turns_over_max_new_tokens"] > 0
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert f"{stats['turns_over_max_new_tokens']} of " in msg and "longer than max_new_tokens=4" in msg
+    need = int(msg.rsplit("at least ", 1)[1])  # the longest turn: at least the toy answer's own tokens
+    assert need > 4 and need >= len(tight.policy.tokenizer(ANSWER)["input_ids"])
+    caplog.clear()
+    roomy = make_sft(tiny_model_path, tmp_path / "roomy", max_new_tokens=need)
+    with caplog.at_level("WARNING", logger="stateset_agents.training.sft"):
+        asyncio.run(roomy.prepare())
+    assert roomy.demo_stats["turns_over_max_new_tokens"] == 0 and not caplog.records
+
+
+def test_the_demo_can_write_every_turn_it_is_trained_on(tmp_path):
+    # The recipe's SFT stage on the real SmolLM2 tokenizer and the real customer_service demonstrations (with their
+    # variants): every demonstrated agent turn fits the max_new_tokens the agent plays with.
+    from stateset_agents.training.recipe import load_recipe
+
+    _, stages = load_recipe(Path(__file__).parents[2] / "examples" / "recipe_customer_service.yaml")
+    cfg = dict(stages)["sft"].model_copy(update={"output_dir": str(tmp_path / "sft")})
+    trainer = build_trainer(cfg)
+    try:
+        asyncio.run(trainer.prepare())
+        assert trainer.demo_stats["turns_over_max_new_tokens"] == 0
+        assert trainer.demo_stats["samples"] > 600
+    finally:
+        if getattr(trainer, "dist", None) is not None:
+            trainer.dist.close()
