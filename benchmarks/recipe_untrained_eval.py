@@ -6,7 +6,9 @@ Writes ``OUTPUT_DIR/<first stage>/eval/before-seed<S>.json`` (and ``eval_before.
 evaluation settings and no training. Used on 2026-12-03 when the demo's ``max_new_tokens`` was raised from 80 to 96
 after its SFT stage had trained (SFT does not sample, so its weights do not depend on it): this script re-made the
 untrained row, the stage's ``eval_after.json`` and ``eval/after-*`` were deleted, and ``make demo`` resumed the
-finished SFT stage (evaluating it again), ran GRPO and printed the table with every row at 96 tokens.
+finished SFT stage (evaluating it again), ran GRPO and printed the table with every row at 96 tokens. (The recipe
+now refuses a stage folder whose saved config differs in a paired setting, so that rerun also needs the stage's
+``config.yaml`` to say the new value: a one-off for a setting the stage's weights do not depend on.)
 """
 
 from __future__ import annotations

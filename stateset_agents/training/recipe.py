@@ -52,6 +52,21 @@ class RecipeConfig(BaseModel):
     """Run configs, each with a ``name`` (its folder under ``output_dir``)."""
 
 
+def _check_saved_settings(name: str, config: Any, run_dir: Path) -> None:
+    """Refuse a stage folder from an earlier run whose paired settings differ from the recipe's: its saved
+    evaluations (reused in the table, or the untrained row of a resumed first stage) were made with those."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = load_config(yaml.safe_load(saved_path.read_text(encoding="utf-8")))
+    for field in PAIRED:
+        was, now = getattr(saved, field), getattr(config, field)
+        if was != now:
+            raise ConfigError(f"stage {name!r}: {run_dir} was run with {field}={was!r}, the recipe now says {now!r}, "
+                              f"so its evaluations would not pair with the others; delete {run_dir} (or the "
+                              "recipe's output_dir) to run it again")
+
+
 def load_recipe(path: str | Path) -> tuple[RecipeConfig, list[Any]]:
     """The recipe and its stages' run configs (validated, checked to be paired)."""
     from .run_config import format_validation_error
@@ -177,6 +192,7 @@ def run_recipe(path: str | Path, console: Any = None) -> dict[str, Any]:
     recipe, stages = load_recipe(path)
     for name, config in stages:
         run_dir = Path(config.output_dir)
+        _check_saved_settings(name, config, run_dir)
         if (run_dir / "eval_after.json").is_file():
             console.print(f"stage {name!r}: done already ({run_dir}); skipping", highlight=False)
             continue

@@ -52,6 +52,13 @@ def test_recipe_runs_stages_in_order_and_prints_the_paired_table(tiny_model_path
     again = Console(record=True, width=200)
     run_recipe(path, again)  # finished stages are not run again; the table is rebuilt from their reports
     assert again.export_text().count("done already") == 2
+    # a changed paired setting would pair the saved evaluations with new ones: refused, naming the fix
+    data = yaml.safe_load(path.read_text())
+    data["common"]["max_new_tokens"] = 16
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"stage 'sft': .* was run with max_new_tokens=12, the recipe now says 16.*"
+                                          r"delete"):
+        run_recipe(path, Console(record=True, width=200))
 
 
 def test_unpaired_or_malformed_recipes_are_refused(tiny_model_path, tmp_path):
