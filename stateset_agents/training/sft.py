@@ -108,7 +108,7 @@ class SFTTrainer:
                 tmp.write_text("".join(t.model_dump_json() + "\n" for t in trajs), encoding="utf-8")
                 tmp.replace(path)
         samples = samples_from_trajectories(trajs, need_logprobs=False)
-        over = unwritable_turns(samples, self.config.max_new_tokens)
+        turns, over = len(samples), unwritable_turns(samples, self.config.max_new_tokens)
         if self.config.pack_turns:
             samples = pack_turns(samples)
         long = [s for s in samples if len(s.input_ids) > self.config.max_sample_tokens]
@@ -118,12 +118,12 @@ class SFTTrainer:
             raise ConfigError(f"no demonstrated agent turn fits max_sample_tokens={self.config.max_sample_tokens} "
                               f"(longest {max(len(s.input_ids) for s in samples)} tokens); raise it or lower "
                               "context_tokens")
-        stats.update({"turns_over_max_new_tokens": len(over), "samples": len(self.samples), "samples_too_long": len(long),
-                      "completion_tokens": sum(s.num_completion for s in self.samples)})
+        stats.update({"turns_over_max_new_tokens": len(over), "samples": len(self.samples),
+                      "samples_too_long": len(long), "completion_tokens": sum(s.num_completion for s in self.samples)})
         if over and self.dist.is_main:
             log.warning("%d of %d demonstrated agent turns are longer than max_new_tokens=%d (longest %d tokens): the "
                         "agent is trained on turns it cannot write when it plays; set max_new_tokens to at least %d",
-                        len(over), len(samples), self.config.max_new_tokens, max(over), max(over))
+                        len(over), turns, self.config.max_new_tokens, max(over), max(over))
         if self.dist.is_main:
             write_json_atomic(self.run_dir / "demonstrations.json", stats)
         self.demo_stats = stats

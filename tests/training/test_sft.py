@@ -314,7 +314,10 @@ def test_demonstrated_turns_longer_than_max_new_tokens_are_counted_and_warned(ti
     stats = json.loads((tmp_path / "tight" / "sft" / "demonstrations.json").read_text())
     assert stats["turns_over_max_new_tokens"] > 0
     (msg,) = [r.getMessage() for r in caplog.records]
-    assert f"{stats['turns_over_max_new_tokens']} of " in msg and "longer than max_new_tokens=4" in msg
+    demos = (tmp_path / "tight" / "sft" / "demonstrations.jsonl").read_text().splitlines()
+    turns = sum(m["role"] == "assistant" for d in demos for m in json.loads(d)["messages"])  # before packing
+    assert f"{stats['turns_over_max_new_tokens']} of {turns} demonstrated agent turns" in msg
+    assert "longer than max_new_tokens=4" in msg
     need = int(msg.rsplit("at least ", 1)[1])  # the longest turn: at least the toy answer's own tokens
     assert need > 4 and need >= len(tight.policy.tokenizer(ANSWER)["input_ids"])
     caplog.clear()
