@@ -1,5 +1,6 @@
 """What an agent did in free play, from an evaluation's transcripts: how many episodes open with a message (not a
-tool call), how many tool calls succeeded, and progress and success.
+tool call) and how many with a question, how many tool calls succeeded, the calls that were not valid JSON (by the
+tool they name and the parser's error), and progress and success.
 
     python benchmarks/free_play_stats.py TRANSCRIPTS.jsonl [...]
 
@@ -10,24 +11,40 @@ Reads the ``*.transcripts.jsonl`` an evaluation writes beside its JSON (``states
 from __future__ import annotations
 
 import json
+import re
 import sys
+from collections import Counter
 from pathlib import Path
+
+_INVALID = re.compile(r"tool call is not valid JSON \((.+?) at (?:at )?char \d+\): '(.*)'", re.S)
+_NAMED = re.compile(r'"name"\s*:\s*"(\w+)"')
 
 
 def stats(path: Path) -> dict:
     episodes = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    opens_with_message = calls = calls_ok = 0
+    opens_with_message = opens_with_question = calls = calls_ok = 0
+    invalid_tool: Counter[str] = Counter()
+    invalid_error: Counter[str] = Counter()
     for e in episodes:
         agent = [m for m in e["messages"] if m["role"] == "assistant"]
         if agent and not agent[0].get("tool_calls") and "<tool_call>" not in (agent[0].get("content") or ""):
             opens_with_message += 1
+            opens_with_question += "?" in (agent[0].get("content") or "")
         for m in e["messages"]:
             if m["role"] == "tool":
+                result = json.loads(m["content"])
                 calls += 1
-                calls_ok += bool(json.loads(m["content"]).get("ok"))
+                calls_ok += bool(result.get("ok"))
+                bad = _INVALID.match(result.get("error") or "")
+                if bad:
+                    named = _NAMED.search(bad.group(2))
+                    invalid_tool[named.group(1) if named else "?"] += 1
+                    invalid_error[bad.group(1)] += 1
     n = len(episodes)
     return {"file": str(path), "episodes": n, "first_turn_a_message": opens_with_message,
-            "tool_calls_ok": calls_ok, "tool_calls": calls,
+            "first_turn_a_question": opens_with_question, "tool_calls_ok": calls_ok, "tool_calls": calls,
+            "invalid_json_calls": {"by_tool": dict(invalid_tool.most_common()),
+                                   "by_error": dict(invalid_error.most_common())},
             "progress": sum(e["progress"] for e in episodes) / max(1, n),
             "successes": sum(bool(e["success"]) for e in episodes)}
 
