@@ -78,8 +78,6 @@ def turn_fit(model: Any, tokenizer: Any, trajs: list[Trajectory]) -> dict[str, A
             "first_divergences": misses}
 
 
-
-
 @torch.no_grad()
 def free_decisions(model: Any, tokenizer: Any, trajs: list[Trajectory], max_new: int = 72) -> dict[str, Any]:
     """What the model does at each demonstrated agent turn when it writes the turn itself (greedy, from the
