@@ -93,6 +93,11 @@ class SamplingParams(_Strict):
     models mask disallowed tokens at every step (llguidance, see models/grammar.py), OpenAI-compatible endpoints
     get it as ``response_format``. For judges and learners that must answer in JSON; never for a trained policy
     (the trainer does not re-apply the grammar, so its log-probs would not match)."""
+    grammar: str | None = None
+    """Constrain the completion to a Lark grammar in llguidance's dialect (which may embed ``%json {schema}``),
+    local models only: e.g. :func:`~stateset_agents.agents.tool_turn_grammar`, a turn that is a message or a
+    call of one of the offered tools with arguments valid under its schema. Same rule as ``json_schema``: for
+    evaluation and serving, never for a trained policy's rollouts."""
 
 
 class Completion(_Strict):

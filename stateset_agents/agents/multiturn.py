@@ -94,6 +94,9 @@ class MultiTurnAgent:
         tool_prompt: ``"full"`` (default): the domain strategy, then one line per tool with its argument types and
             whole description; ``"compact"``: for small models, no strategy (the env's compact instructions say
             what to do) and one ``name(args): purpose`` line per tool. Pair it with the env's ``prompt="compact"``.
+        constrain_tool_calls: decode each turn under :func:`~stateset_agents.agents.tool_turn_grammar` of the
+            offered tools (local models): a message, or calls of those tools with arguments valid under their
+            schemas. For evaluation and chat, not for a trained policy's rollouts (see agents/tool_grammar.py).
         experiences: an :class:`~stateset_agents.training.ExperienceLibrary` (Training-Free GRPO); each turn its
             ``to_prompt(conversation, domain=domain)`` is added at the end of the system message, after the
             tools. Deploy a learned library this way without any training.
@@ -102,7 +105,7 @@ class MultiTurnAgent:
     def __init__(self, model: ChatModel, *, domain: str | None = "customer_service", system_prompt: str = "",
                  sampling: SamplingParams | None = None, context_tokens: int = 2048,
                  tools_in_template: bool = False, experiences: ExperienceLibrary | None = None,
-                 tool_prompt: str = "full") -> None:
+                 tool_prompt: str = "full", constrain_tool_calls: bool = False) -> None:
         if tool_prompt not in ("full", "compact"):
             raise ConfigError(f"tool_prompt={tool_prompt!r} is not one of 'full', 'compact'")
         if domain is not None and domain not in strategies():
@@ -116,6 +119,7 @@ class MultiTurnAgent:
         self.context_tokens = context_tokens
         self.tools_in_template = tools_in_template
         self.tool_prompt = tool_prompt
+        self.constrain_tool_calls = constrain_tool_calls
         if experiences is not None and not callable(getattr(experiences, "to_prompt", None)):
             raise ConfigError(f"experiences must be an ExperienceLibrary (with to_prompt), got "
                               f"{type(experiences).__name__}; load one with ExperienceLibrary.load(path)")
@@ -187,7 +191,12 @@ class MultiTurnAgent:
             prompt = await asyncio.to_thread(self.build_prompt, conversation, tools)
         else:
             prompt = self.build_prompt(conversation, tools)
-        return await self.model.chat(prompt, sampling=sampling or self.sampling,
+        sampling = sampling or self.sampling
+        if self.constrain_tool_calls and tools and sampling.grammar is None:
+            from .tool_grammar import tool_turn_grammar
+
+            sampling = sampling.model_copy(update={"grammar": tool_turn_grammar(tools)})
+        return await self.model.chat(prompt, sampling=sampling,
                                      tools=tools if self.tools_in_template else None)
 
     @staticmethod

@@ -15,7 +15,7 @@ Conversation cache: a finished request's keys and values are kept (``conversatio
 the next turn of its conversation is prefilled only past them (models/seq_cache.py). Both are dropped when the
 weights change (``clear_prefix_cache()`` after an update, a parameter fingerprint checked); see docs/models.md.
 
-Constrained decoding: ``sampling.json_schema`` masks the row's logits by its grammar until the JSON is complete.
+Constrained decoding: ``sampling.json_schema`` or ``sampling.grammar`` (Lark) masks the row's logits until it is done.
 
 Log-probs: ``log p(token)`` under the distribution sampled from (logits / ``temperature``, top-p nucleus
 renormalised); with ``temperature=0`` (greedy, a point mass) ``log_softmax(logits)`` instead.
@@ -104,7 +104,7 @@ class GenerationEngine:
         """Generate one completion. ``on_token``, if given, is called on this event loop with each sampled
         token id and its log-prob as soon as it is sampled (see the module docs)."""
         loop = asyncio.get_running_loop()
-        constraint = self._constraint(sampling.json_schema) if sampling.json_schema is not None else None
+        constraint = self._constraint(sampling) if sampling.json_schema is not None or sampling.grammar else None
         g = torch.Generator(device="cpu")
         g.manual_seed(sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
         req = _Request(list(prompt_ids), sampling, loop.create_future(), loop, g, on_token=on_token,
@@ -121,13 +121,13 @@ class GenerationEngine:
 
     def check_schema(self, schema: dict[str, Any]) -> None:
         """Raise :class:`ConfigError` naming the problem if ``schema`` cannot constrain decoding here."""
-        self._constraint(schema)
+        self._constraint(SamplingParams(json_schema=schema))
 
-    def _constraint(self, schema: dict[str, Any]) -> JsonConstraint:
+    def _constraint(self, s: SamplingParams) -> JsonConstraint:
         if self._grammars is None:
             vocab = self.model.get_output_embeddings().weight.shape[0]
             self._grammars = GrammarCompiler(self.tokenizer, vocab_size=vocab, eos_token_ids=sorted(self.eos))
-        return self._grammars.constraint(schema)
+        return self._grammars.constraint_lark(s.grammar) if s.grammar else self._grammars.constraint(s.json_schema)
 
     @property
     def batch_size(self) -> int:

@@ -38,7 +38,8 @@ tabs between fields (JSON parsers accept either layout)."""
 
 
 class JsonConstraint:
-    """One request's grammar state: ``mask(logits_row)`` before sampling, ``advance(token)`` after."""
+    """One request's grammar state (a JSON schema's or a Lark grammar's): ``mask(logits_row)`` before sampling,
+    ``advance(token)`` after."""
 
     def __init__(self, matcher: Any, vocab_size: int) -> None:
         self.matcher = matcher
@@ -117,7 +118,31 @@ class GrammarCompiler:
                 raise ConfigError(f"json_schema is not supported: {err}; fix the schema (see llguidance's "
                                   "JSON schema support)")
             self._grammars[key] = grammar
+        return self._matcher(grammar, "json_schema")
+
+    def constraint_lark(self, lark: str) -> JsonConstraint:
+        """A fresh matcher for a Lark grammar (llguidance's dialect: ``%json {schema}`` embeds a JSON schema);
+        :class:`ConfigError` naming the problem if it does not compile."""
+        import llguidance
+
+        lltok = self._tokenizer()
+        grammar = self._grammars.get("lark:" + lark)
+        if grammar is None:
+            try:
+                grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+            except Exception as e:
+                raise ConfigError(f"grammar cannot be compiled: {e}; pass a Lark grammar with a start rule") from e
+            err = llguidance.LLMatcher.validate_grammar(grammar, lltok)
+            if err:
+                raise ConfigError(f"grammar is not supported: {err}; fix the grammar (see llguidance's Lark syntax)")
+            self._grammars["lark:" + lark] = grammar
+        return self._matcher(grammar, "grammar")
+
+    def _matcher(self, grammar: str, what: str) -> JsonConstraint:
+        import llguidance
+
+        lltok = self._tokenizer()
         matcher = llguidance.LLMatcher(lltok, grammar)
         if matcher.is_error():
-            raise ConfigError(f"json_schema is not supported: {matcher.get_error()}")
+            raise ConfigError(f"{what} is not supported: {matcher.get_error()}")
         return JsonConstraint(matcher, lltok.vocab_size)

@@ -80,6 +80,9 @@ class OpenAIChatModel:
             body["stop"] = sampling.stop
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.grammar:
+            raise ConfigError("SamplingParams.grammar (e.g. constrain_tool_calls) needs a local model; an "
+                              "OpenAI-compatible endpoint has its own tool calling: pass tools instead")
         if sampling.json_schema is not None:  # OpenAI's structured-output shape (vLLM, llama.cpp, Ollama take it too)
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "response", "schema": sampling.json_schema,

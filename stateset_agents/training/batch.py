@@ -144,9 +144,10 @@ def samples_from_trajectories(trajectories: Sequence[Trajectory], indices: Seque
                 raise ValueError(f"turn {k} of a trajectory of scenario {t.scenario_id!r} has no token data "
                                  f"(model {c.model!r}); training needs a local model whose completions carry "
                                  "prompt_ids, completion_ids" + (" and logprobs" if need_logprobs else ""))
-            if c.sampling is not None and c.sampling.json_schema is not None:
-                raise ValueError(f"trajectory {t.scenario_id!r} turn {k}: the completion was decoded under a JSON "
-                                 "schema (SamplingParams.json_schema); the trainer's forward does not apply the "
+            if c.sampling is not None and (c.sampling.json_schema is not None or c.sampling.grammar):
+                raise ValueError(f"trajectory {t.scenario_id!r} turn {k}: the completion was decoded under a "
+                                 "grammar (SamplingParams.json_schema or .grammar, e.g. constrain_tool_calls); "
+                                 "the trainer's forward does not apply the "
                                  "grammar, so its log-probs would not match: train on unconstrained rollouts")
             if not c.completion_ids:
                 continue

@@ -73,9 +73,10 @@ def make_evaluator(config: GRPOConfig, env_factory: Any, reward: Any, dist: Dist
     async def evaluate(trainer: Any, tag: str) -> dict[str, Any]:
         from ..models.base import SamplingParams
 
-        saved = trainer.agent.sampling
+        saved, saved_grammar = trainer.agent.sampling, getattr(trainer.agent, "constrain_tool_calls", False)
         trainer.agent.sampling = SamplingParams(temperature=config.eval_temperature,
                                                 max_new_tokens=config.max_new_tokens)
+        trainer.agent.constrain_tool_calls = config.eval_tool_grammar
         reports = []
         try:
             for seed in config.eval_seeds:  # the same seeds as SFT's and Training-Free's evaluation: paired rows
@@ -86,7 +87,7 @@ def make_evaluator(config: GRPOConfig, env_factory: Any, reward: Any, dist: Dist
                     report = EvalReport.merge(dist.all_gather_object(report))
                 reports.append(report)
         finally:
-            trainer.agent.sampling = saved
+            trainer.agent.sampling, trainer.agent.constrain_tool_calls = saved, saved_grammar
         report = reports[0]
         if dist.is_main:
             for seed, r in zip(config.eval_seeds, reports, strict=True):

@@ -39,8 +39,9 @@ async def evaluate_run(agent: Any, env_factory: Any, scenarios: list[str], rewar
     from ..evaluation import EvalReport, aevaluate
 
     dist = dist or DistContext()
-    saved = agent.sampling
+    saved, saved_grammar = agent.sampling, getattr(agent, "constrain_tool_calls", False)
     agent.sampling = SamplingParams(temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens)
+    agent.constrain_tool_calls = getattr(config, "eval_tool_grammar", False)
     per_seed = []
     try:
         for seed in config.eval_seeds:
@@ -55,7 +56,7 @@ async def evaluate_run(agent: Any, env_factory: Any, scenarios: list[str], rewar
             per_seed.append({"seed": seed, "success_rate": o.success_rate, "mean_reward": o.mean_reward,
                              "mean_outcome_score": o.mean_outcome_score, "errors": o.errors, "trials": o.trials})
     finally:
-        agent.sampling = saved
+        agent.sampling, agent.constrain_tool_calls = saved, saved_grammar
     summary: dict[str, Any] = {"tag": tag, "step": step, "scenarios": len(scenarios), "k": config.eval_k,
                                "seeds": list(config.eval_seeds), "per_seed": per_seed, **(extra or {})}
     for key in _KEYS:

@@ -86,6 +86,9 @@ class RunConfig(BaseModel):
     """Trials per eval scenario per seed (pass@k and pass^k need k >= the k reported)."""
     eval_temperature: float = Field(default=0.7, ge=0)
     """Sampling temperature during evaluation."""
+    eval_tool_grammar: bool = False
+    """Evaluation decodes each agent turn under the tool-turn grammar (agents/tool_grammar.py): a message, or
+    calls of the offered tools with arguments valid under their schemas. Rollouts for training stay unconstrained."""
     eval_seeds: list[int] = Field(default_factory=lambda: [0])
     """One evaluation per seed; ``eval_<tag>.json`` gives mean and spread over seeds, ``eval/`` each report."""
     save_every: int = Field(default=10, ge=0)

@@ -45,15 +45,19 @@ def test_completions_record_the_policys_sampling_and_the_loss_reads_it(tiny_mode
     assert type(trainer.estimator) is GroupRelative and trainer.value_head is None
 
 
-def test_completions_decoded_under_a_json_schema_are_refused_for_training():
+def test_completions_decoded_under_a_json_schema_or_grammar_are_refused_for_training():
     from stateset_agents import Completion, SamplingParams, Trajectory
     from stateset_agents.training.batch import samples_from_trajectories
 
     c = Completion(text="{}", prompt_ids=[1, 2], completion_ids=[3], logprobs=[-0.1],
                    sampling=SamplingParams(json_schema={"type": "object"}))
     t = Trajectory(scenario_id="s1", completions=[c], reward=1.0)
-    with pytest.raises(ValueError, match="decoded under a JSON schema"):
+    with pytest.raises(ValueError, match="decoded under a grammar"):
         samples_from_trajectories([t])
+    g = Completion(text="hi", prompt_ids=[1, 2], completion_ids=[3], logprobs=[-0.1],
+                   sampling=SamplingParams(grammar="start: /[a-z]+/"))  # constrain_tool_calls' kind
+    with pytest.raises(ValueError, match="constrain_tool_calls"):
+        samples_from_trajectories([Trajectory(scenario_id="s1", completions=[g], reward=1.0)])
 
 
 def test_trim_heap_returns_freed_memory_where_glibc_runs():
