@@ -58,8 +58,8 @@ def _closed(schema: dict[str, Any]) -> dict[str, Any]:
     return s
 
 
-def _call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
-    alts = []
+def _tool_schemas(tools: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
     for t in tools:
         fn = t.get("function", t) if isinstance(t, dict) else None
         name = fn.get("name") if isinstance(fn, dict) else None
@@ -69,24 +69,26 @@ def _call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
         params = fn.get("parameters") or {"type": "object", "properties": {}}
         if not isinstance(params, dict):
             raise ConfigError(f"tool {name!r}: parameters must be a JSON schema object, got {params!r}")
-        alts.append({"type": "object", "properties": {"name": {"const": name}, "arguments": _closed(params)},
-                     "required": ["name", "arguments"], "additionalProperties": False})
-    if not alts:
+        out.append((name, {**_closed(params), "x-guidance": dict(COMPACT_JSON)}))
+    if not out:
         raise ConfigError("tool_turn_grammar needs at least one tool; without tools, leave the turn unconstrained")
-    return {"anyOf": alts, "x-guidance": dict(COMPACT_JSON)}
+    return out
 
 
 @lru_cache(maxsize=64)
 def _grammar(tools_json: str) -> str:
-    schema = _call_schema(json.loads(tools_json))
-    return ("start: MESSAGE | MESSAGE? call+\n"
-            'call: "<tool_call>" arguments "</tool_call>"\n'
-            f"arguments: %json {json.dumps(schema, sort_keys=True)}\n"
-            "MESSAGE: /[^<]+/\n")
+    # "name" first, then "arguments", as the documented format writes them: a JSON schema would let the decoder
+    # put "arguments" first, which no demonstration does (measured: the SmolLM2 agent then wrote ids of zeros)
+    lines = ["start: MESSAGE | MESSAGE? call+", "call: " + " | ".join(
+        f"call{i}" for i in range(len(json.loads(tools_json))))]
+    for i, (name, schema) in enumerate(_tool_schemas(json.loads(tools_json))):
+        head = json.dumps('<tool_call>{"name": ' + json.dumps(name) + ', "arguments": ')
+        lines += [f'call{i}: {head} args{i} "}}</tool_call>"', f"args{i}: %json {json.dumps(schema)}"]
+    return "\n".join([*lines, "MESSAGE: /[^<]+/", ""])
 
 
 def tool_turn_grammar(tools: list[dict[str, Any]]) -> str:
     """The Lark grammar of one agent turn that is a message or calls of ``tools`` (see the module docs).
 
     Raises :class:`ConfigError` naming the tool when one has no name or its parameters are not a schema."""
-    return _grammar(json.dumps(tools, sort_keys=True, default=str))
+    return _grammar(json.dumps(tools, default=str))  # not sorted: the properties keep the order they are written in

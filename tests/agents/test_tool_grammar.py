@@ -57,13 +57,12 @@ async def test_untrained_tiny_model_writes_only_messages_or_valid_calls_under_th
     assert all(f.sampling.grammar is None for f in fs)
 
 
-def test_grammar_offers_each_tool_once_with_closed_arguments():
-    """The grammar names every offered tool once and closes argument objects as the env does."""
+def test_grammar_offers_each_tool_once_name_first_with_closed_arguments():
     g = tool_turn_grammar(TOOLS)
-    schema = json.loads(g.split("arguments: %json ", 1)[1].split("\n", 1)[0])
-    names = [a["properties"]["name"]["const"] for a in schema["anyOf"]]
-    assert names == ["lookup_order", "issue_refund"]
-    assert all(a["properties"]["arguments"]["additionalProperties"] is False for a in schema["anyOf"])
+    assert '"<tool_call>{\\"name\\": \\"lookup_order\\", \\"arguments\\": "' in g
+    schemas = [json.loads(line.split("%json ", 1)[1]) for line in g.splitlines() if "%json" in line]
+    assert len(schemas) == 2 and all(s["additionalProperties"] is False for s in schemas)
+    assert schemas[1]["required"] == ["order_id", "amount"]
     assert tool_turn_grammar(TOOLS) is g  # cached: one compile per tool set
 
 
