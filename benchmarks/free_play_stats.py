@@ -1,6 +1,8 @@
 """What an agent did in free play, from an evaluation's transcripts: how many episodes open with a message (not a
 tool call) and how many with a question, how many tool calls succeeded, the calls that were not valid JSON (by the
-tool they name and the parser's error), and progress and success.
+tool they name and the parser's error), the other failed calls (by tool, and by the kind of the env's error with
+its values cut off: "missing required argument", "no orders record with order_id", ...), and progress and
+success.
 
     python benchmarks/free_play_stats.py TRANSCRIPTS.jsonl [...]
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 _INVALID = re.compile(r"tool call is not valid JSON \((.+?) at (?:at )?char \d+\): '(.*)'", re.S)
 _NAMED = re.compile(r'"name"\s*:\s*"(\w+)"')
+_KIND = re.compile(r"[^';=(]+")  # an env error up to its first value: "no orders record with order_id"
 
 
 def stats(path: Path) -> dict:
@@ -25,6 +28,8 @@ def stats(path: Path) -> dict:
     opens_with_message = opens_with_question = calls = calls_ok = 0
     invalid_tool: Counter[str] = Counter()
     invalid_error: Counter[str] = Counter()
+    failed_tool: Counter[str] = Counter()
+    failed_kind: Counter[str] = Counter()
     for e in episodes:
         agent = [m for m in e["messages"] if m["role"] == "assistant"]
         if agent and not agent[0].get("tool_calls") and "<tool_call>" not in (agent[0].get("content") or ""):
@@ -40,11 +45,16 @@ def stats(path: Path) -> dict:
                     named = _NAMED.search(bad.group(2))
                     invalid_tool[named.group(1) if named else "?"] += 1
                     invalid_error[bad.group(1)] += 1
+                elif not result.get("ok"):
+                    failed_tool[result.get("name") or "?"] += 1
+                    kind = _KIND.match(result.get("error") or "")
+                    failed_kind[kind.group(0).strip() if kind else "?"] += 1
     n = len(episodes)
     return {"file": str(path), "episodes": n, "first_turn_a_message": opens_with_message,
             "first_turn_a_question": opens_with_question, "tool_calls_ok": calls_ok, "tool_calls": calls,
             "invalid_json_calls": {"by_tool": dict(invalid_tool.most_common()),
                                    "by_error": dict(invalid_error.most_common())},
+            "failed_calls": {"by_tool": dict(failed_tool.most_common()), "by_error": dict(failed_kind.most_common())},
             "progress": sum(e["progress"] for e in episodes) / max(1, n),
             "successes": sum(bool(e["success"]) for e in episodes)}
 

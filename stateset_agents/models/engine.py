@@ -235,7 +235,7 @@ class GenerationEngine:
                 self._seqs.clear()
             rest = []
             for r in new:
-                hit = self._seqs.take(r.prompt_ids) if r.constraint is None else None
+                hit = self._seqs.take(r.prompt_ids)  # constrained ones too: a mask acts on sampled tokens only
                 if hit is None:
                     rest.append(r)
                 else:
@@ -376,7 +376,7 @@ class GenerationEngine:
             return
         keep = [i for i, r in enumerate(self._active) if r.finish is None]
         for i, r in enumerate(self._active):  # keep finished conversations' keys and values for their next turn
-            if r.finish in ("stop", "length") and r.constraint is None and self._seqs.max_tokens:
+            if r.finish in ("stop", "length") and self._seqs.max_tokens:
                 if not len(self._seqs):
                     self._seqs_fp = _fingerprint(self.model)
                 self._seqs.put(r.prompt_ids + r.out_ids[:-1], self._cache, self._mask, i)

@@ -202,6 +202,36 @@ async def test_conversation_cache_continues_a_finished_turn_exactly(tiny_model_p
         plain.close()
 
 
+async def test_conversation_cache_serves_grammar_constrained_turns_exactly(tiny_model_path):
+    """A constrained turn (the tool-call grammar) continues a cached conversation like a free one: the mask acts
+    on the sampled tokens only, so the reused keys and values give the tokens and log-probs of a full prefill."""
+    from stateset_agents.agents import tool_turn_grammar
+    from stateset_agents.models.hf import HFChatModel
+
+    tools = [{"name": "lookup_order", "description": "Look up an order.", "parameters": {
+        "type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}]
+    cached, plain = HFChatModel(tiny_model_path), HFChatModel(tiny_model_path, prefix_cache_tokens=0)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=24, grammar=tool_turn_grammar(tools))
+    convs = [[Message(role="system", content="You help customers with their orders. " * 8),
+              Message(role="user", content=f"Where is order {i}?")] for i in range(4)]
+    try:
+        for turn in range(3):
+            got = await asyncio.gather(*[cached.chat(c, sampling=sampling.model_copy(update={"seed": 10 * turn + i}))
+                                         for i, c in enumerate(convs)])
+            want = await asyncio.gather(*[plain.chat(c, sampling=sampling.model_copy(update={"seed": 10 * turn + i}))
+                                          for i, c in enumerate(convs)])
+            for g, w in zip(got, want, strict=True):
+                assert g.prompt_ids == w.prompt_ids and g.completion_ids == w.completion_ids
+                assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(w.logprobs), atol=1e-4)
+            for c, g in zip(convs, got, strict=True):
+                c += [Message(role="assistant", content=g.text), Message(role="user", content="And then?")]
+        assert cached.engine.stats.conversation_hits >= 4
+        assert plain.engine.stats.conversation_hits == 0
+    finally:
+        cached.close()
+        plain.close()
+
+
 async def test_prefix_cache_is_dropped_when_the_weights_change(tiny_model_path):
     from stateset_agents.models.hf import HFChatModel
 
