@@ -79,9 +79,9 @@ def _tool_schemas(tools: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]
 def _grammar(tools_json: str) -> str:
     # "name" first, then "arguments", as the documented format writes them: a JSON schema would let the decoder
     # put "arguments" first, which no demonstration does (measured: the SmolLM2 agent then wrote ids of zeros)
-    lines = ["start: MESSAGE | MESSAGE? call+", "call: " + " | ".join(
-        f"call{i}" for i in range(len(json.loads(tools_json))))]
-    for i, (name, schema) in enumerate(_tool_schemas(json.loads(tools_json))):
+    schemas = _tool_schemas(json.loads(tools_json))
+    lines = ["start: MESSAGE | MESSAGE? call+", "call: " + " | ".join(f"call{i}" for i in range(len(schemas)))]
+    for i, (name, schema) in enumerate(schemas):
         head = json.dumps('<tool_call>{"name": ' + json.dumps(name) + ', "arguments": ')
         lines += [f'call{i}: {head} args{i} "}}</tool_call>"', f"args{i}: %json {json.dumps(schema)}"]
     return "\n".join([*lines, "MESSAGE: /[^<]+/", ""])
