@@ -4,7 +4,9 @@ tool they name and the parser's error), the other failed calls (by tool, and by 
 its values cut off: "missing required argument", "no orders record with order_id", ...), and progress and
 success.
 
-    python benchmarks/free_play_stats.py TRANSCRIPTS.jsonl [...]
+    python benchmarks/free_play_stats.py [--total] TRANSCRIPTS.jsonl [...]
+
+``--total`` prints one line over all the files' episodes (an arm's seeds together) instead of one per file.
 
 Reads the ``*.transcripts.jsonl`` an evaluation writes beside its JSON (``stateset-agents eval --json``, a run's
 ``eval/`` folder); prints one JSON line per file.
@@ -23,8 +25,9 @@ _NAMED = re.compile(r'"name"\s*:\s*"(\w+)"')
 _KIND = re.compile(r"[^';=(]+")  # an env error up to its first value: "no orders record with order_id"
 
 
-def stats(path: Path) -> dict:
-    episodes = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+def stats(*paths: Path) -> dict:
+    """The counts over the episodes of ``paths`` together (one file, or an arm's files with ``--total``)."""
+    episodes = [json.loads(x) for p in paths for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
     opens_with_message = opens_with_question = calls = calls_ok = 0
     invalid_tool: Counter[str] = Counter()
     invalid_error: Counter[str] = Counter()
@@ -50,7 +53,7 @@ def stats(path: Path) -> dict:
                     kind = _KIND.match(result.get("error") or "")
                     failed_kind[kind.group(0).strip() if kind else "?"] += 1
     n = len(episodes)
-    return {"file": str(path), "episodes": n, "first_turn_a_message": opens_with_message,
+    return {"file": " + ".join(map(str, paths)), "episodes": n, "first_turn_a_message": opens_with_message,
             "first_turn_a_question": opens_with_question, "tool_calls_ok": calls_ok, "tool_calls": calls,
             "invalid_json_calls": {"by_tool": dict(invalid_tool.most_common()),
                                    "by_error": dict(invalid_error.most_common())},
@@ -60,7 +63,10 @@ def stats(path: Path) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit("usage: python benchmarks/free_play_stats.py TRANSCRIPTS.jsonl [...]")
-    for arg in sys.argv[1:]:
-        print(json.dumps(stats(Path(arg))))
+    args = sys.argv[1:]
+    total = "--total" in args
+    files = [Path(a) for a in args if a != "--total"]
+    if not files:
+        sys.exit("usage: python benchmarks/free_play_stats.py [--total] TRANSCRIPTS.jsonl [...]")
+    for line in ([stats(*files)] if total else [stats(f) for f in files]):
+        print(json.dumps(line))
