@@ -97,6 +97,8 @@ class MultiTurnAgent:
         constrain_tool_calls: decode each turn under :func:`~stateset_agents.agents.tool_turn_grammar` of the
             offered tools (local models): a message, or calls of those tools with arguments valid under their
             schemas. For evaluation and chat, not for a trained policy's rollouts (see agents/tool_grammar.py).
+        grounded_args: with ``constrain_tool_calls``, ``{tool: [argument, ...]}`` whose values must be words the
+            customer or a tool gave earlier in the conversation (an env pack's ``reference_args()``).
         experiences: an :class:`~stateset_agents.training.ExperienceLibrary` (Training-Free GRPO); each turn its
             ``to_prompt(conversation, domain=domain)`` is added at the end of the system message, after the
             tools. Deploy a learned library this way without any training.
@@ -105,7 +107,8 @@ class MultiTurnAgent:
     def __init__(self, model: ChatModel, *, domain: str | None = "customer_service", system_prompt: str = "",
                  sampling: SamplingParams | None = None, context_tokens: int = 2048,
                  tools_in_template: bool = False, experiences: ExperienceLibrary | None = None,
-                 tool_prompt: str = "full", constrain_tool_calls: bool = False) -> None:
+                 tool_prompt: str = "full", constrain_tool_calls: bool = False,
+                 grounded_args: dict[str, list[str]] | None = None) -> None:
         if tool_prompt not in ("full", "compact"):
             raise ConfigError(f"tool_prompt={tool_prompt!r} is not one of 'full', 'compact'")
         if domain is not None and domain not in strategies():
@@ -120,6 +123,7 @@ class MultiTurnAgent:
         self.tools_in_template = tools_in_template
         self.tool_prompt = tool_prompt
         self.constrain_tool_calls = constrain_tool_calls
+        self.grounded_args = grounded_args
         if experiences is not None and not callable(getattr(experiences, "to_prompt", None)):
             raise ConfigError(f"experiences must be an ExperienceLibrary (with to_prompt), got "
                               f"{type(experiences).__name__}; load one with ExperienceLibrary.load(path)")
@@ -193,9 +197,11 @@ class MultiTurnAgent:
             prompt = self.build_prompt(conversation, tools)
         sampling = sampling or self.sampling
         if self.constrain_tool_calls and tools and sampling.grammar is None:
-            from .tool_grammar import tool_turn_grammar
+            from .tool_grammar import conversation_values, tool_turn_grammar
 
-            sampling = sampling.model_copy(update={"grammar": tool_turn_grammar(tools)})
+            grammar = (tool_turn_grammar(tools) if self.grounded_args is None else
+                       tool_turn_grammar(tools, grounded=self.grounded_args, values=conversation_values(conversation)))
+            sampling = sampling.model_copy(update={"grammar": grammar})
         return await self.model.chat(prompt, sampling=sampling,
                                      tools=tools if self.tools_in_template else None)
 

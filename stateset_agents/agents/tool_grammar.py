@@ -19,6 +19,14 @@ free-text argument (a summary) can still run past ``max_new_tokens``; the comple
 (``finish_reason="length"``) and the env answers the unfinished call with a tool error, as without the grammar.
 Text may not contain ``<``, so a message cannot open a malformed tag either.
 
+**Grounded references** (``grounded={tool: [argument, ...]}``, ``values=conversation_values(conversation)``): the
+named arguments name a record (an env pack's ``reference_args()``: a get/update tool's key, a find tool's match
+fields), and their value must be a word the customer wrote or a tool returned earlier in the episode; a tool with
+such an argument is not offered until the conversation holds a value for it. An agent cannot know an order id
+it was never told, so this removes only calls that must fail (measured on SmolLM2 after SFT: ``"order_id":
+"lookup_order"``, ``"your_order_id"``); it cannot stop a real value going to the wrong argument (an email as an
+order id) or the wrong record being chosen among those mentioned.
+
 Local models only (the engine applies the mask token by token). A trained policy's rollouts must stay
 unconstrained: the trainer scores tokens under the unmasked distribution (training/batch.py refuses constrained
 completions). Use it for evaluation (``eval_tool_grammar: true``), chat and serving.
@@ -28,13 +36,51 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 from ..errors import ConfigError
 from ..models.grammar import COMPACT_JSON
 
-__all__ = ["tool_turn_grammar"]
+__all__ = ["conversation_values", "tool_turn_grammar"]
+
+# A value a customer or a tool can give for a record reference: an id, an email, a name (letters, digits and
+# @ . _ + - inside, no spaces), with the sentence's punctuation around it left out.
+_WORD = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9@._+-]*[A-Za-z0-9])?")
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [x for v in node.values() for x in _strings(v)]
+    if isinstance(node, list):
+        return [x for v in node for x in _strings(v)]
+    return []
+
+
+def conversation_values(conversation: Sequence[Any]) -> list[str]:
+    """The words of what the customer said and of the tools' string results, sorted and deduplicated: the values
+    a grounded reference may take (the agent's own messages, the system prompt and tool errors do not count)."""
+    out: set[str] = set()
+    for m in conversation:
+        role, content = getattr(m, "role", None), getattr(m, "content", "") or ""
+        if role == "user":
+            texts = [content]
+        elif role == "tool":
+            try:
+                parsed = json.loads(content)
+            except ValueError:
+                parsed = content
+            if isinstance(parsed, dict) and "ok" in parsed:  # the env's envelope: only what the tool returned
+                parsed = parsed.get("result")  # (an error echoes the bad value back: not a source)
+            texts = _strings(parsed)
+        else:
+            continue
+        out.update(w for t in texts for w in _WORD.findall(t))
+    return sorted(out)
 
 
 def _closed(schema: dict[str, Any]) -> dict[str, Any]:
@@ -75,11 +121,33 @@ def _tool_schemas(tools: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]
     return out
 
 
-@lru_cache(maxsize=64)
-def _grammar(tools_json: str) -> str:
+def _ground(schemas: list[tuple[str, dict[str, Any]]], grounded: dict[str, list[str]],
+            values: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for name, schema in schemas:
+        args = grounded.get(name, [])
+        if args and not values:
+            continue  # nothing to refer to yet: the tool cannot be called
+        props = schema["properties"]
+        for a in args:
+            if a not in props:
+                raise ConfigError(f"grounded argument {name}.{a} is not a parameter of {name!r} "
+                                  f"(parameters: {', '.join(props) or 'none'}); name the tool's own arguments")
+            if props[a].get("type", "string") == "string":
+                props[a] = {"type": "string", "enum": values}
+        out.append((name, schema))
+    return out
+
+
+@lru_cache(maxsize=256)
+def _grammar(tools_json: str, grounded_json: str | None = None, values: tuple[str, ...] = ()) -> str:
     # "name" first, then "arguments", as the documented format writes them: a JSON schema would let the decoder
     # put "arguments" first, which no demonstration does (measured: the SmolLM2 agent then wrote ids of zeros)
     schemas = _tool_schemas(json.loads(tools_json))
+    if grounded_json is not None:
+        schemas = _ground(schemas, json.loads(grounded_json), list(values))
+    if not schemas:
+        return 'start: MESSAGE\nMESSAGE: /[^<]+/\n'
     lines = ["start: MESSAGE | MESSAGE? call+", "call: " + " | ".join(f"call{i}" for i in range(len(schemas)))]
     for i, (name, schema) in enumerate(schemas):
         head = json.dumps('<tool_call>{"name": ' + json.dumps(name) + ', "arguments": ')
@@ -87,8 +155,13 @@ def _grammar(tools_json: str) -> str:
     return "\n".join([*lines, "MESSAGE: /[^<]+/", ""])
 
 
-def tool_turn_grammar(tools: list[dict[str, Any]]) -> str:
-    """The Lark grammar of one agent turn that is a message or calls of ``tools`` (see the module docs).
+def tool_turn_grammar(tools: list[dict[str, Any]], *, grounded: Mapping[str, Sequence[str]] | None = None,
+                      values: Sequence[str] = ()) -> str:
+    """The Lark grammar of one agent turn that is a message or calls of ``tools`` (see the module docs);
+    with ``grounded``, those arguments take only ``values`` (see "Grounded references").
 
-    Raises :class:`ConfigError` naming the tool when one has no name or its parameters are not a schema."""
-    return _grammar(json.dumps(tools, default=str))  # not sorted: the properties keep the order they are written in
+    Raises :class:`ConfigError` naming the tool when one has no name or its parameters are not a schema, or
+    naming the argument when ``grounded`` names one the tool does not have."""
+    g = None if grounded is None else json.dumps({k: list(v) for k, v in grounded.items()}, sort_keys=True)
+    # not sorted: the properties keep the order they are written in
+    return _grammar(json.dumps(tools, default=str), g, tuple(sorted(set(values))))

@@ -269,6 +269,18 @@ class EnvPack(_Strict):
             raise PackError(f"split {split!r} is not one of 'train', 'test', 'all'")
         return [s for s in self.scenarios if split == "all" or s.split == split]
 
+    def reference_args(self) -> dict[str, list[str]]:
+        """Per tool, the arguments whose value names a record: a get/update tool's ``key``, a find tool's
+        ``match`` arguments (what ``tool_turn_grammar(..., grounded=...)`` grounds in the conversation)."""
+        out: dict[str, list[str]] = {}
+        for t in self.tools:
+            e = t.effect
+            args = [e.key] if e.kind in ("get", "update") and e.key else []
+            args += [a for a in e.match.values() if a not in args]
+            if args:
+                out[t.name] = args
+        return out
+
     def tools_openai(self, compact: bool = False) -> list[dict[str, Any]]:
         """The tools in OpenAI format; ``compact``: each description is the tool's ``summary`` (or empty)."""
         tools = [t.openai_schema() for t in self.tools]

@@ -66,19 +66,14 @@ def make_evaluator(config: GRPOConfig, env_factory: Any, reward: Any, dist: Dist
     same seeds every time), sharded over processes; writes ``eval/<tag>-seed<S>.json`` per seed and
     ``eval_<tag>.json`` (the first seed's report) and, after training, prints the before/after table."""
     from ..evaluation import EvalReport, aevaluate, compare
+    from .evaluate import eval_decoding
     from .scenarios import run_scenarios
 
     _, _, pool = run_scenarios(env_factory, config)  # eval_scenarios checked, with close matches
 
     async def evaluate(trainer: Any, tag: str) -> dict[str, Any]:
-        from ..models.base import SamplingParams
-
-        saved, saved_grammar = trainer.agent.sampling, getattr(trainer.agent, "constrain_tool_calls", False)
-        trainer.agent.sampling = SamplingParams(temperature=config.eval_temperature,
-                                                max_new_tokens=config.max_new_tokens)
-        trainer.agent.constrain_tool_calls = config.eval_tool_grammar
         reports = []
-        try:
+        with eval_decoding(trainer.agent, config, env_factory):
             for seed in config.eval_seeds:  # the same seeds as SFT's and Training-Free's evaluation: paired rows
                 report = await aevaluate(trainer.agent, env_factory, pool, k=config.eval_k, reward=reward,
                                          seed=seed, rank=dist.rank, world_size=dist.world_size,
@@ -86,8 +81,6 @@ def make_evaluator(config: GRPOConfig, env_factory: Any, reward: Any, dist: Dist
                 if dist.distributed:
                     report = EvalReport.merge(dist.all_gather_object(report))
                 reports.append(report)
-        finally:
-            trainer.agent.sampling, trainer.agent.constrain_tool_calls = saved, saved_grammar
         report = reports[0]
         if dist.is_main:
             for seed, r in zip(config.eval_seeds, reports, strict=True):

@@ -10,7 +10,8 @@ scenarios are sharded over processes and the reports merged.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..types import SamplingParams
 from .checkpoint import write_json_atomic
 from .dist import DistContext
 
-__all__ = ["eval_table", "evaluate_run", "spread"]
+__all__ = ["eval_decoding", "eval_table", "evaluate_run", "spread"]
 
 _KEYS = ("success_rate", "mean_reward", "mean_outcome_score")
 
@@ -30,6 +31,28 @@ def spread(values: Sequence[float | None]) -> dict[str, Any]:
             "min": min(xs) if xs else None, "max": max(xs) if xs else None, "n": len(xs)}
 
 
+@contextmanager
+def eval_decoding(agent: Any, config: Any, env_factory: Any) -> Iterator[None]:
+    """``agent`` decodes as the run's evaluation asks (``eval_temperature``, ``max_new_tokens``,
+    ``eval_tool_grammar``, ``eval_grounded_args`` with the env pack's record references) inside the block; its own
+    settings are restored after."""
+    names = ("sampling", "constrain_tool_calls", "grounded_args")
+    saved = {n: getattr(agent, n, None) for n in names}
+    grounded = None
+    if getattr(config, "eval_grounded_args", False):
+        from .scenarios import split_ids
+
+        grounded = split_ids(env_factory, "all")[0].reference_args()
+    agent.sampling = SamplingParams(temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens)
+    agent.constrain_tool_calls = getattr(config, "eval_tool_grammar", False)
+    agent.grounded_args = grounded
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(agent, n, v)
+
+
 async def evaluate_run(agent: Any, env_factory: Any, scenarios: list[str], reward: Any, config: Any, run_dir: Path,
                        tag: str, *, dist: DistContext | None = None, step: int = 0,
                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -39,11 +62,8 @@ async def evaluate_run(agent: Any, env_factory: Any, scenarios: list[str], rewar
     from ..evaluation import EvalReport, aevaluate
 
     dist = dist or DistContext()
-    saved, saved_grammar = agent.sampling, getattr(agent, "constrain_tool_calls", False)
-    agent.sampling = SamplingParams(temperature=config.eval_temperature, max_new_tokens=config.max_new_tokens)
-    agent.constrain_tool_calls = getattr(config, "eval_tool_grammar", False)
     per_seed = []
-    try:
+    with eval_decoding(agent, config, env_factory):
         for seed in config.eval_seeds:
             report = await aevaluate(agent, env_factory, scenarios, k=config.eval_k, reward=reward, seed=seed,
                                      concurrency=config.rollout_concurrency, rank=dist.rank,
@@ -55,8 +75,6 @@ async def evaluate_run(agent: Any, env_factory: Any, scenarios: list[str], rewar
             o = report.overall
             per_seed.append({"seed": seed, "success_rate": o.success_rate, "mean_reward": o.mean_reward,
                              "mean_outcome_score": o.mean_outcome_score, "errors": o.errors, "trials": o.trials})
-    finally:
-        agent.sampling, agent.constrain_tool_calls = saved, saved_grammar
     summary: dict[str, Any] = {"tag": tag, "step": step, "scenarios": len(scenarios), "k": config.eval_k,
                                "seeds": list(config.eval_seeds), "per_seed": per_seed, **(extra or {})}
     for key in _KEYS:

@@ -40,7 +40,7 @@ __all__ = ["RecipeConfig", "load_recipe", "recipe_table", "run_recipe"]
 #: fields every stage must share, or the held-out rows would not be paired
 PAIRED = ("env", "eval_split", "eval_scenarios", "eval_seeds", "eval_k", "eval_temperature", "max_turns",
           "max_new_tokens", "tool_prompt", "context_tokens", "reward", "model", "rollout_precision",
-          "eval_tool_grammar")
+          "eval_tool_grammar", "eval_grounded_args")
 
 
 class RecipeConfig(BaseModel):

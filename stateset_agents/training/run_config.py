@@ -89,6 +89,9 @@ class RunConfig(BaseModel):
     eval_tool_grammar: bool = False
     """Evaluation decodes each agent turn under the tool-turn grammar (agents/tool_grammar.py): a message, or
     calls of the offered tools with arguments valid under their schemas. Rollouts for training stay unconstrained."""
+    eval_grounded_args: bool = False
+    """With ``eval_tool_grammar``: record references (the pack's ``reference_args()``: order, customer, invoice
+    ids, emails) take only words the customer or a tool gave earlier in the episode (agents/tool_grammar.py)."""
     eval_seeds: list[int] = Field(default_factory=lambda: [0])
     """One evaluation per seed; ``eval_<tag>.json`` gives mean and spread over seeds, ``eval/`` each report."""
     save_every: int = Field(default=10, ge=0)
@@ -115,6 +118,9 @@ class RunConfig(BaseModel):
                              "(eval_before: false, eval_after: false, eval_every: 0)")
         if len(set(self.eval_seeds)) != len(self.eval_seeds):
             raise ValueError(f"eval_seeds has duplicates: {self.eval_seeds}; list each seed once")
+        if self.eval_grounded_args and not self.eval_tool_grammar:
+            raise ValueError("eval_grounded_args grounds arguments of the tool-turn grammar; set eval_tool_grammar: "
+                             "true as well, or leave eval_grounded_args out")
         if self.init_from is not None and not self.init_from.strip():
             raise ValueError("init_from is empty; give a run folder or leave it out")
         return self
