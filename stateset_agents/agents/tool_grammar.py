@@ -21,10 +21,12 @@ Text may not contain ``<``, so a message cannot open a malformed tag either.
 
 **Grounded references** (``grounded={tool: [argument, ...]}``, ``values=conversation_values(conversation)``): the
 named arguments name a record (an env pack's ``reference_args()``: a get/update tool's key, a find tool's match
-fields), and their value must be a word the customer wrote or a tool returned earlier in the episode; a tool with
-such an argument is not offered until the conversation holds a value for it. An agent cannot know an order id
-it was never told, so this removes only calls that must fail (measured on SmolLM2 after SFT: ``"order_id":
-"lookup_order"``, ``"your_order_id"``); it cannot stop a real value going to the wrong argument (an email as an
+fields), and their value must be a word the customer wrote or a tool returned earlier in the episode that the
+argument's own schema allows (its ``pattern``, ``enum``, ``minLength``, ``maxLength``); a tool with such an
+argument is not offered until the conversation holds a value for it. Without a ``pattern`` any word qualifies
+(measured on SmolLM2 after SFT: the agent then picked ``"my"`` and ``"your"``; docs/training.md, "Constrained tool
+calls"). An agent cannot know an order id it was never told, so this removes only calls that must fail; it cannot
+stop a real value going to the wrong argument (an email as an
 order id) or the wrong record being chosen among those mentioned.
 
 Local models only (the engine applies the mask token by token). A trained policy's rollouts must stay
@@ -126,17 +128,25 @@ def _ground(schemas: list[tuple[str, dict[str, Any]]], grounded: dict[str, list[
     out = []
     for name, schema in schemas:
         args = grounded.get(name, [])
-        if args and not values:
-            continue  # nothing to refer to yet: the tool cannot be called
         props = schema["properties"]
         for a in args:
             if a not in props:
                 raise ConfigError(f"grounded argument {name}.{a} is not a parameter of {name!r} "
                                   f"(parameters: {', '.join(props) or 'none'}); name the tool's own arguments")
             if props[a].get("type", "string") == "string":
-                props[a] = {"type": "string", "enum": values}
+                props[a] = {"type": "string", "enum": [v for v in values if _fits(v, props[a])]}
+        if any(p.get("enum") == [] for a, p in props.items() if a in args):
+            continue  # nothing it could refer to yet: the tool cannot be called
         out.append((name, schema))
     return out
+
+
+def _fits(value: str, schema: dict[str, Any]) -> bool:
+    # the argument's own constraints, as the env checks them (envs/tools.py): a word the customer said that the
+    # schema rules out ("my" for an order id matching ^ORD-[0-9]+$) is not a reference
+    return (value in schema.get("enum", [value]) and len(value) >= schema.get("minLength", 0)
+            and len(value) <= schema.get("maxLength", len(value))
+            and ("pattern" not in schema or re.search(schema["pattern"], value) is not None))
 
 
 @lru_cache(maxsize=256)

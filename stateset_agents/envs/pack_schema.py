@@ -8,6 +8,7 @@ too. See docs/environments.md for the format.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -79,7 +80,8 @@ class ToolSpec(_Strict):
     description: str
     parameters: dict[str, Any]
     """JSON schema (type object) of the arguments. Supported keywords: type, properties, required,
-    enum, minimum, maximum, minLength, maxLength, items, additionalProperties (default false)."""
+    enum, minimum, maximum, minLength, maxLength, pattern (a regular expression searched in a string, as in JSON
+    Schema), items, additionalProperties (default false)."""
     effect: ToolEffect
     summary: str | None = None
     """Its purpose in a few words, for the compact listing (``prompt: compact``); none: the name says it."""
@@ -100,6 +102,13 @@ class ToolSpec(_Strict):
         for r in v.get("required", []):
             if r not in props:
                 raise ValueError(f"required argument {r!r} is not in properties {sorted(props)}")
+        for k, p in props.items():
+            if isinstance(p, dict) and "pattern" in p:
+                try:
+                    re.compile(p["pattern"])
+                except re.error as e:
+                    raise ValueError(f"argument {k!r}: pattern {p['pattern']!r} is not a valid regular expression "
+                                     f"({e}); write a Python regular expression") from None
         return v
 
     def openai_schema(self) -> dict[str, Any]:

@@ -51,6 +51,9 @@ def _check_value(name: str, value: Any, schema: dict[str, Any]) -> None:
             raise ToolError(f"argument {name!r} must have at least {schema['minLength']} characters")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise ToolError(f"argument {name!r} must have at most {schema['maxLength']} characters")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            raise ToolError(f"argument {name!r} must match {schema['pattern']!r}, got {value!r}; "
+                            "check the value with the customer")
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             _check_value(f"{name}[{i}]", item, schema["items"])

@@ -156,3 +156,34 @@ def test_eval_decoding_sets_the_runs_grounding_and_restores_the_agent(tiny_model
         assert agent.constrain_tool_calls is True and agent.grounded_args["lookup_order"] == ["order_id"]
         assert agent.sampling.max_new_tokens == 33 and agent.sampling.temperature == 0.0
     assert agent.sampling is before and agent.constrain_tool_calls is False and agent.grounded_args is None
+
+
+def test_a_grounded_argument_takes_only_words_its_own_schema_allows():
+    tools = [{"name": "lookup_order", "description": "Look up an order.",
+              "parameters": {"type": "object", "properties": {"order_id": {"type": "string",
+                                                                           "pattern": "^[Oo][Rr][Dd]-[0-9]+$"}},
+                             "required": ["order_id"]}}]
+    g = tool_turn_grammar(tools, grounded={"lookup_order": ["order_id"]}, values=["ORD-7", "my", "your", "ord-8x"])
+    schema = json.loads(g.split("%json ", 1)[1].splitlines()[0])
+    assert schema["properties"]["order_id"]["enum"] == ["ORD-7"]
+    # the customer has said words, none an order id: the tool is not offered yet (no "my" or "your" as an id)
+    assert tool_turn_grammar(tools, grounded={"lookup_order": ["order_id"]}, values=["my", "your"]) == \
+        "start: MESSAGE\nMESSAGE: /[^<]+/\n"
+
+
+async def test_tiny_model_under_the_customer_service_packs_grounding_calls_only_records_it_was_told(tiny_model):
+    from stateset_agents.envs import load_pack
+
+    pack = load_pack("customer_service")
+    tools, schemas = [t.openai_schema() for t in pack.tools], {t.name: t.parameters for t in pack.tools}
+    refs = pack.reference_args()
+    agent = MultiTurnAgent(tiny_model, domain=None, constrain_tool_calls=True, grounded_args=refs)
+    conv = [Message(role="user", content="my order ORD-1042 is late; my email is ann.lee@example.com")]
+    cs = await asyncio.gather(*[agent.act(conv, tools, sampling=SamplingParams(temperature=1.0, max_new_tokens=120,
+                                                                               seed=i)) for i in range(16)])
+    calls = [x for c in cs if c.finish_reason != "length" for x in parse_message(c.text).calls]
+    assert calls, [c.text for c in cs]
+    for x in calls:
+        assert x.error is None, x
+        validate_args(x.arguments, schemas[x.name])  # the pack's own schema, patterns included
+        assert all(x.arguments[a] in {"ORD-1042", "ann.lee@example.com"} for a in refs.get(x.name, [])), x

@@ -132,3 +132,20 @@ def test_failed_tool_call_leaves_the_database_untouched():
 
 def test_pack_type():
     assert isinstance(load_pack("customer_service"), EnvPack)
+
+
+def test_an_argument_outside_its_pattern_is_refused_naming_the_pattern(cs):
+    pack, db = cs
+    with pytest.raises(ToolError, match=r"argument 'order_id' must match .*, got 'my'; check the value"):
+        run_tool(pack, "lookup_order", {"order_id": "my"}, db)
+    assert run_tool(pack, "lookup_order", {"order_id": "ord-1043"}, db)["_key"] == "ORD-1043"  # keys ignore case
+
+
+def test_a_tool_pattern_that_is_not_a_regular_expression_is_refused_in_one_line():
+    from pydantic import ValidationError
+
+    from stateset_agents.envs.pack_schema import ToolSpec
+
+    with pytest.raises(ValidationError, match=r"argument 'order_id': pattern '\[ORD' is not a valid regular"):
+        ToolSpec(name="lookup_order", description="x", effect={"kind": "get", "table": "orders", "key": "order_id"},
+                 parameters={"type": "object", "properties": {"order_id": {"type": "string", "pattern": "[ORD"}}})

@@ -3,6 +3,7 @@
 #   bash docs/results/validation/tool_grammar/ab.sh val96    # first run (constrained turns not yet cached)
 #   bash docs/results/validation/tool_grammar/ab.sh val96c   # after the engine change (7042d40)
 #   bash docs/results/validation/tool_grammar/ab.sh val96r "true grounded"   # grounded references (2026-12-04)
+#   bash docs/results/validation/tool_grammar/ab.sh val96p "true grounded"   # with the pack's id patterns (2026-12-04)
 # Arms (default "false true": g{ARM}_s{SEED}.yaml) alternate per seed; each writes runs/exp/PREFIX_g{ARM}_s{0,1}/eval/.
 prefix=${1:?usage: ab.sh OUTPUT_PREFIX [ARMS]}
 arms=${2:-false true}
