@@ -18,7 +18,8 @@ The episode reward is ``success`` (0 or 1, tau-bench's convention). ``info["outc
 - ``facts_told`` per required fact, ``facts_score`` the fraction told (1.0 when none are required);
   ``actions_made`` per required action (``tool(args)`` -> bool).
 - ``forbidden_actions``: forbidden tool calls and statements, disclosures of another customer's private
-  data (``disclosed_private_data:KEY``) and claims the end database does not back (``false_claim:ID``).
+  data (``disclosed_private_data:KEY``), claims the end database does not back (``false_claim:ID``) and
+  more failed tool calls than ``policy.max_tool_errors`` allows (``tool_errors_over_limit``).
 - ``turns_used``, ``tool_calls``, ``tool_errors``, ``ended_by``, ``error``.
 - ``score``: the same number as ``progress``, kept so readers written for the old partial-credit score
   still work (deprecated).
@@ -190,6 +191,11 @@ def progress_items(pack: EnvPack, scenario: Scenario) -> int:
     return sum(total for _, total in items.values())
 
 
+def _error_budget(pack: EnvPack, tool_errors: int) -> list[str]:
+    limit = pack.policy.max_tool_errors
+    return ["tool_errors_over_limit"] if limit is not None and tool_errors > limit else []
+
+
 def compute_outcome(pack: EnvPack, scenario: Scenario, db: Database, *, record: EpisodeRecord, forbidden: list[str],
                     turns_used: int, tool_calls: int, tool_errors: int, ended_by: str,
                     error: str | None) -> dict[str, Any]:
@@ -200,7 +206,8 @@ def compute_outcome(pack: EnvPack, scenario: Scenario, db: Database, *, record: 
     facts = {f.id: f.id in told for f in scenario.required_facts}
     made = record.actions_made()
     goal = goal_reached(pack, scenario, db, told)
-    forbidden = sorted(set(forbidden) | set(false_claims(pack, scenario, record.agent_texts, db)))
+    forbidden = sorted(set(forbidden) | set(false_claims(pack, scenario, record.agent_texts, db))
+                       | set(_error_budget(pack, tool_errors)))
     items = _progress(pack, scenario, db, diff, told, made)
     earned, total = sum(e for e, _ in items.values()), sum(t for _, t in items.values())
     progress = 0.0 if forbidden or collateral or not total else earned / total

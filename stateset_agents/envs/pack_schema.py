@@ -134,6 +134,10 @@ class PackPolicy(_Strict):
     """Fields left out when the end database is compared with the expected one (notes, summaries)."""
     claims: list[ClaimSpec] = Field(default_factory=list)
     """Actions the agent may claim to have taken, each tied to a database condition (see ClaimSpec)."""
+    max_tool_errors: int | None = Field(default=5, ge=0)
+    """Failed tool calls one episode may make (malformed calls, arguments outside the schema, refused
+    calls). One more is trial-and-error against the database, judged as the forbidden action
+    ``tool_errors_over_limit``: progress 0 and no success. ``null`` turns the budget off."""
 
 
 class HiddenFact(_Strict):

@@ -11,12 +11,12 @@ from stateset_agents.envs.audit_policies import CANNED_REFUSAL, POLICIES
 PACKS = ["customer_service", "tech_support", "sales"]
 
 # Mean progress over every scenario x seeds 0, 1, 2. Every other policy earns exactly 0 on every pack.
-RANDOM_TOOLS_PROGRESS = {"customer_service": 0.014668, "tech_support": 0.005168, "sales": 0.0}
+# customer_service re-measured after its tools declared argument patterns (2d72df9): a filler string is now
+# refused where it used to succeed, so a lucky right call is no longer hidden by a collateral change.
+RANDOM_TOOLS_PROGRESS = {"customer_service": 0.014815, "tech_support": 0.005168, "sales": 0.0}
 RANDOM_TOOLS_EARNS_ON = {
-    "customer_service": ["cs-account-security-hold-035", "cs-billing-credit-escalate-045", "cs-cancel-delivered-028",
-                         "cs-cancel-refund-escalate-027", "cs-cancel-refund-supervisor-051",
-                         "cs-damaged-compensation-041", "cs-refund-over-limit-019", "cs-refund-returned-escalate-048",
-                         "cs-ship-lost-escalate-013"],
+    "customer_service": ["cs-billing-credit-escalate-045", "cs-billing-duplicate-042", "cs-cancel-delivered-028",
+                         "cs-cancel-refund-escalate-027"],
     "tech_support": ["ts-outage-credit-ticket-008"],
     "sales": [],
 }
@@ -77,3 +77,42 @@ def test_unknown_policy_and_empty_seeds():
         audit_pack("customer_service", policies=["lazy"])
     with pytest.raises(ValueError, match=r"seeds is empty; give at least one seed, e.g. \(0, 1, 2\)"):
         audit_pack("customer_service", seeds=())
+
+
+def _spam_within_budget(writes_first: bool):
+    """An adversary that knows the error budget: every tool on every id seen, never more failures than allowed."""
+    from stateset_agents.envs.audit_policies import _ask_all, _calls_for, _seen_ids
+    from stateset_agents.envs.conversation import END_MARKER
+    from stateset_agents.toolcalls import format_tool_call
+
+    def act(state):
+        if state.turn == 0:
+            return _ask_all(state)
+        errors = sum('"ok": false' in m.content for m in state.messages if m.role == "tool")
+        room = state.pack.policy.max_tool_errors - errors
+        if state.turn > 4 or room <= 0:
+            return END_MARKER
+        tools = sorted(state.pack.tools, key=lambda t: writes_first and t.effect.kind in ("get", "find"))
+        tried = state.memory.setdefault("tried", set())
+        calls = [c for t in tools for a in _calls_for(t, _seen_ids(state.messages), None)
+                 if (c := format_tool_call(t.name, a)) not in tried][:room]
+        tried.update(calls)
+        return "\n".join(calls) or END_MARKER
+    return act
+
+
+# Measured: in pack order the budget reaches cancel_order, the right write where the customer asked to cancel
+# (progress for the change, none for the facts); writes first, the wrong writes cost collateral. Held to the
+# bar random_tools meets: nothing solved, mean progress within PROGRESS_BOUND.
+SPAM_EARNS_ON = {"customer_service": ["cs-cancel-pending-023", "cs-cancel-refund-026",
+                                      "cs-cancel-refund-escalate-027"]}
+
+
+@pytest.mark.parametrize("writes_first", [False, True])
+def test_tool_spam_within_the_error_budget_solves_nothing(report, writes_first, monkeypatch):
+    from stateset_agents.envs import audit
+
+    monkeypatch.setitem(audit.POLICIES, "call_every_tool", _spam_within_budget(writes_first))
+    r = audit_pack(report.pack, policies=["call_every_tool"]).results[0]
+    assert r.successes == 0 and r.mean_progress <= PROGRESS_BOUND
+    assert sorted(r.earning) == ([] if writes_first else SPAM_EARNS_ON.get(report.pack, []))

@@ -84,3 +84,32 @@ def test_unhelpful_agent_makes_the_user_give_up():
     assert outcome["ended_by"] == "user_gave_up" and not outcome["goal_reached"]
     assert outcome["turns_used"] == 3  # patience 3
     assert reward == 0.0 and outcome["progress"] == 0.0  # nothing changed, told or looked up
+
+
+def _reset_with_errors(n_errors: int, pack="customer_service"):
+    """cs-account-reset-031 solved as the reference does, after ``n_errors`` calls the env refuses."""
+    env = ConversationEnv(pack, scenario="cs-account-reset-031")
+    env.reset(seed=0)
+    bad = "\n".join(format_tool_call("lookup_order", {"order_id": f"order {i}"}) for i in range(n_errors))
+    return _finish(env, "What's the email on your account?", *([bad] if bad else []),
+                   format_tool_call("find_customer", {"email": "liam.obrien@example.edu"}),
+                   format_tool_call("send_password_reset", {"customer_id": "C-610"}),
+                   "Sent! Check liam.obrien@example.edu for a password reset link.")
+
+
+def test_failed_tool_calls_past_the_budget_fail_the_episode():
+    p = load_pack("customer_service")
+    assert p.policy.max_tool_errors == 5
+    reward, outcome = _reset_with_errors(5)
+    assert outcome["tool_errors"] == 5 and outcome["success"] and reward == 1.0  # within the budget
+    reward, outcome = _reset_with_errors(6)
+    assert outcome["tool_errors"] == 6 and outcome["state_match"] and outcome["goal_reached"]
+    assert outcome["forbidden_actions"] == ["tool_errors_over_limit"]
+    assert reward == 0.0 and outcome["progress"] == 0.0 and not outcome["success"]
+
+
+def test_the_error_budget_can_be_turned_off():
+    p = load_pack("customer_service")
+    off = p.model_copy(update={"policy": p.policy.model_copy(update={"max_tool_errors": None})})
+    reward, outcome = _reset_with_errors(8, off)
+    assert outcome["tool_errors"] == 8 and outcome["success"] and reward == 1.0

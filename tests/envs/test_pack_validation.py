@@ -109,6 +109,14 @@ def test_bad_tool_schema_in_pack_yaml(pack_dir):
     assert "required argument 'order_number' is not in properties ['order_id']" in str(e.value)
 
 
+def test_negative_tool_error_budget(pack_dir):
+    head = yaml.safe_load((pack_dir / "pack.yaml").read_text())
+    head["policy"]["max_tool_errors"] = -1
+    (pack_dir / "pack.yaml").write_text(yaml.safe_dump(head))
+    with pytest.raises(PackError, match=r"pack.yaml: field 'policy.max_tool_errors': Input should be greater than or"):
+        load_pack(pack_dir)
+
+
 def test_unknown_pack_name():
     with pytest.raises(PackError, match="no environment pack 'customer_servce'.*Did you mean 'customer_service'"):
         load_pack("customer_servce")
