@@ -9,7 +9,7 @@ the JSON written to --json records each section's figures or its error.
 
   python3 benchmarks/cuda_check.py --model-files DIR --json OUT.json
 
-Sections: GRPO with LoRA (device, dtype, mixed_precision and rollout_precision left to ``auto``) for 2 steps,
+Sections: GRPO with LoRA (device and dtype left to ``auto``; the other fields at their defaults) for 2 steps,
 then resumed to 3; GRPO full fine-tune, 1 step; SFT with LoRA on the pack's reference demonstrations, 2 steps;
 decode: 8 concurrent HFChatModel.chat calls x 64 new tokens vs transformers ``generate`` on the same prompts.
 GRPO scores with the outcome plus two text terms (repetition, a 0-20 word window, which splits the

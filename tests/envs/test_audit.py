@@ -106,6 +106,7 @@ def _spam_within_budget(writes_first: bool):
 # bar random_tools meets: nothing solved, mean progress within PROGRESS_BOUND.
 SPAM_EARNS_ON = {"customer_service": ["cs-cancel-pending-023", "cs-cancel-refund-026",
                                       "cs-cancel-refund-escalate-027"]}
+SPAM_PROGRESS = {"customer_service": 0.027006}
 
 
 @pytest.mark.parametrize("writes_first", [False, True])
@@ -116,3 +117,4 @@ def test_tool_spam_within_the_error_budget_solves_nothing(report, writes_first, 
     r = audit_pack(report.pack, policies=["call_every_tool"]).results[0]
     assert r.successes == 0 and r.mean_progress <= PROGRESS_BOUND
     assert sorted(r.earning) == ([] if writes_first else SPAM_EARNS_ON.get(report.pack, []))
+    assert r.mean_progress == pytest.approx(0.0 if writes_first else SPAM_PROGRESS.get(report.pack, 0.0), abs=1e-6)
