@@ -12,11 +12,12 @@ PACKS = ["customer_service", "tech_support", "sales"]
 
 # Mean progress over every scenario x seeds 0, 1, 2. Every other policy earns exactly 0 on every pack.
 # customer_service re-measured after its tools declared argument patterns (2d72df9): a filler string is now
-# refused where it used to succeed, so a lucky right call is no longer hidden by a collateral change.
-RANDOM_TOOLS_PROGRESS = {"customer_service": 0.014815, "tech_support": 0.005168, "sales": 0.0}
+# refused where it used to succeed, so a lucky right call is no longer hidden by a collateral change; and again
+# after its 24 more train scenarios (055-078): a random cancel_order on the named order earns on cs-cancel-gift-069.
+RANDOM_TOOLS_PROGRESS = {"customer_service": 0.012393, "tech_support": 0.005168, "sales": 0.0}
 RANDOM_TOOLS_EARNS_ON = {
     "customer_service": ["cs-billing-credit-escalate-045", "cs-billing-duplicate-042", "cs-cancel-delivered-028",
-                         "cs-cancel-refund-escalate-027"],
+                         "cs-cancel-gift-069", "cs-cancel-refund-escalate-027"],
     "tech_support": ["ts-outage-credit-ticket-008"],
     "sales": [],
 }
@@ -104,9 +105,9 @@ def _spam_within_budget(writes_first: bool):
 # Measured: in pack order the budget reaches cancel_order, the right write where the customer asked to cancel
 # (progress for the change, none for the facts); writes first, the wrong writes cost collateral. Held to the
 # bar random_tools meets: nothing solved, mean progress within PROGRESS_BOUND.
-SPAM_EARNS_ON = {"customer_service": ["cs-cancel-pending-023", "cs-cancel-refund-026",
-                                      "cs-cancel-refund-escalate-027"]}
-SPAM_PROGRESS = {"customer_service": 0.027006}
+SPAM_EARNS_ON = {"customer_service": ["cs-cancel-gift-069", "cs-cancel-pending-023", "cs-cancel-refund-026",
+                                      "cs-cancel-refund-escalate-027", "cs-cancel-wrong-model-067"]}
+SPAM_PROGRESS = {"customer_service": 0.037927}
 
 
 @pytest.mark.parametrize("writes_first", [False, True])

@@ -153,4 +153,4 @@ def test_a_run_trains_on_variants_and_evaluates_on_hand_written_scenarios():
     assert evals == ["cs-order-total-008"]
     whole = cfg.model_copy(update={"scenarios": None, "eval_scenarios": None})
     _, train, evals = run_scenarios(config_env_factory(whole), whole)
-    assert len(train) == 3 * 39 and len(evals) == 39 and not any("~v" in e for e in evals)
+    assert len(train) == 3 * 63 and len(evals) == 63 and not any("~v" in e for e in evals)
