@@ -428,7 +428,10 @@ async def generate_replies(model) -> list[Trajectory]:
     for name in PACKS:
         pack = load_pack(name)
         system = pack.system_prompt.splitlines()[0]
-        jobs += [(s.id, system, opening) for s in pack.scenarios for opening in s.user.opening]
+        # The scenarios this test was measured on (228 replies): customer_service's train scenarios 055-078, added
+        # later, are left out so that adding scenarios to a pack does not silently change this test's data.
+        jobs += [(s.id, system, opening) for s in pack.scenarios for opening in s.user.opening
+                 if not (name == "customer_service" and int(s.id.rsplit("-", 1)[1]) >= 55)]
 
     async def one(i, sid, system, opening):
         messages = [Message(role="system", content=system), Message(role="user", content=opening)]
