@@ -1,8 +1,9 @@
 """What an agent did in free play, from an evaluation's transcripts: how many episodes open with a message (not a
 tool call) and how many with a question, how many tool calls succeeded, the calls that were not valid JSON (by the
 tool they name and the parser's error), the other failed calls (by tool, and by the kind of the env's error with
-its values cut off: "missing required argument", "no orders record with order_id", ...), and progress and
-success.
+its values cut off: "missing required argument", "no orders record with order_id", ...), what the judge found
+(episodes whose end state matches, that made every required call, that told every required fact, and the forbidden
+actions by id, a false claim as ``false_claim:<claim>``), and progress and success.
 
     python benchmarks/free_play_stats.py [--total] TRANSCRIPTS.jsonl [...]
 
@@ -52,12 +53,18 @@ def stats(*paths: Path) -> dict:
                     failed_tool[result.get("name") or "?"] += 1
                     kind = _KIND.match(result.get("error") or "")
                     failed_kind[kind.group(0).strip() if kind else "?"] += 1
+    outcomes = [e["outcome"] for e in episodes if e.get("outcome")]
+    forbidden = Counter(f for o in outcomes for f in o.get("forbidden_actions") or [])
     n = len(episodes)
     return {"file": " + ".join(map(str, paths)), "episodes": n, "first_turn_a_message": opens_with_message,
             "first_turn_a_question": opens_with_question, "tool_calls_ok": calls_ok, "tool_calls": calls,
             "invalid_json_calls": {"by_tool": dict(invalid_tool.most_common()),
                                    "by_error": dict(invalid_error.most_common())},
             "failed_calls": {"by_tool": dict(failed_tool.most_common()), "by_error": dict(failed_kind.most_common())},
+            "state_match": sum(bool(o.get("state_match")) for o in outcomes),
+            "all_required_actions": sum(all((o.get("actions_made") or {}).values()) for o in outcomes),
+            "all_required_facts": sum(o.get("facts_score") == 1.0 for o in outcomes),
+            "forbidden_actions": dict(forbidden.most_common()),
             "progress": sum(e["progress"] for e in episodes) / max(1, n),
             "successes": sum(bool(e["success"]) for e in episodes)}
 
